@@ -1,0 +1,32 @@
+"""Launcher: flags -> config -> `cgml_jax.train.train_and_evaluate(config, workdir)`.
+
+Deliberately short; everything else lives in the library so notebooks and tests call the
+same function. Example:
+
+  python -m experiments.run --config=experiments/toy.py --workdir=/tmp/toy \
+      --config.train.steps=1000
+
+Config overrides use ml_collections syntax; the config is locked, so an unknown key is an
+error rather than a silently ignored typo.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cgml_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for metrics, images and checkpoints.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

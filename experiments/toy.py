@@ -1,0 +1,71 @@
+"""Toy of paper Sec. 4 / Fig. 3: y = s * (x, x^2, x^3), s from `data.modes`.
+
+  python -m experiments.run --config=experiments/toy.py --workdir=/tmp/toy
+  python -m experiments.run --config=experiments/toy.py:smoke --workdir=/tmp/toy_smoke
+  python -m experiments.run --config=experiments/toy.py --config.data.modes='(4.,-4.,2.)'
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = 'toy'
+  c.seed = 0
+  c.methods = ('l1', 'cgml_no_rho', 'cgml')  # trained with the same budget, in this order
+
+  c.data = ml_collections.ConfigDict()
+  c.data.modes = (4.0, -4.0)   # the scales s; y = s * (x, x^2, x^3), up to 4 distinct values
+  c.data.num_train = 4096      # fixed training set (persistent z needs example ids)
+  c.data.num_test = 200        # held-out x ~ U[-1, 1]
+  c.data.batch_size = 256
+
+  c.model = ml_collections.ConfigDict()
+  c.model.width = 128          # hidden width of the three-layer MLPs H, G, Z
+  c.model.depth = 3
+  c.model.h_dim = 64           # size of h = H(x)
+  c.model.z_dim = ml_collections.FieldReference(3)  # z on S^{z_dim - 1}; shared by G and Z
+  c.model.activation = 'relu'
+  c.model.spectral_norm = True  # Lipschitz G (paper Eq. 3)
+  c.model.lipschitz = 4.0       # C per layer of G; G is then at most C^depth-Lipschitz
+  c.model.latent_spectral_norm = True
+  c.model.latent_lipschitz = 4.0
+
+  c.latent = ml_collections.ConfigDict()
+  c.latent.init = 'random'      # 'random': fresh z_0 per batch; 'persistent': per-example table
+  c.latent.step_size = 1.0      # beta of the z step
+  c.latent.alpha = 1.0          # rho = alpha * ||z' - z||
+  c.latent.use_momentum = True  # False = the "w/o rho" ablation for the 'cgml' method too
+  c.latent.traverse_steps = 50  # T of Eq. 4 at inference
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 3000
+  c.train.inner_steps = 10      # l of Algorithm 1
+  c.train.generator_update = 'every'  # 'every' inner step (Algorithm 1) or 'last' only
+  c.train.lr = 1e-3             # Adam, (H, G)
+  c.train.lr_latent = 1e-3      # Adam, Z
+  c.train.schedule = 'cosine'
+  c.train.warmup_steps = 0
+  c.train.grad_clip = 1.0       # global-norm clipping, 0 = off
+  c.train.log_every = 500
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 32       # K samples per test x
+  c.eval.tau_frac = 0.05        # tau = tau_frac * max|s|
+  c.eval.plots = True
+
+  if arg == 'smoke':
+    c.data.num_train = 512
+    c.data.num_test = 32
+    c.data.batch_size = 64
+    c.model.width = 32
+    c.model.h_dim = 16
+    c.train.steps = 30
+    c.train.inner_steps = 2
+    c.train.log_every = 10
+    c.latent.traverse_steps = 5
+    c.eval.num_samples = 4
+    c.eval.plots = False
+  elif arg:
+    raise ValueError(f'unknown config argument {arg!r}; expected nothing or "smoke"')
+  return c
