@@ -1,0 +1,75 @@
+"""Tests of cgml_jax.losses: masked L1 and the colorization loss with soft histograms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cgml_jax import losses
+
+
+def test_masked_l1_matches_numpy():
+  rng = np.random.default_rng(0)
+  y_hat, y = rng.normal(size=(2, 5, 6, 3)), rng.normal(size=(2, 5, 6, 3))
+  mask = (rng.random((2, 5, 6, 1)) < 0.3).astype(np.float32)
+  mask[1] = 0  # an empty hole scores 0
+  got = losses.masked_l1(jnp.asarray(y_hat), {'y': jnp.asarray(y), 'mask': jnp.asarray(mask)})
+  hole = mask[0, ..., 0] == 1
+  want0 = np.abs(y_hat[0] - y[0])[hole].mean()
+  np.testing.assert_allclose(got, [want0, 0.0], rtol=1e-5)
+  # Errors outside the hole do not count.
+  y_hat2 = y_hat.copy()
+  y_hat2[0][~hole] += 100
+  got2 = losses.masked_l1(jnp.asarray(y_hat2), {'y': jnp.asarray(y), 'mask': jnp.asarray(mask)})
+  np.testing.assert_allclose(got2, got, rtol=1e-5)
+  with pytest.raises(KeyError, match='mask'):
+    losses.masked_l1(jnp.asarray(y_hat), {'y': jnp.asarray(y)})
+
+
+@pytest.mark.parametrize('kernel', ['triangular', 'gaussian'])
+def test_soft_histogram_is_a_distribution(kernel):
+  v = jax.random.uniform(jax.random.key(0), (3, 2, 500), minval=-1.5, maxval=1.5)
+  h = losses.soft_histogram(v, bins=16, kernel=kernel)
+  assert h.shape == (3, 2, 16)
+  np.testing.assert_allclose(h.sum(-1), 1.0, atol=1e-5)
+  assert float(h.min()) >= 0
+
+
+def test_kl_zero_for_uniform_and_log_k_for_constant():
+  k = 16
+  uniform = jnp.linspace(-1, 1, 16001)  # uniform on [-1, 1]
+  h = losses.soft_histogram(uniform, bins=k)
+  np.testing.assert_allclose(h, 1 / k, atol=1e-3)
+  assert abs(float(losses.kl_to_uniform(h))) < 1e-5
+  hg = losses.soft_histogram(uniform, bins=k, kernel='gaussian')
+  assert float(losses.kl_to_uniform(hg)) < 1e-2
+  centre = -1 + 0.5 * 2 / k  # the first bin centre: all mass in one bin
+  h1 = losses.soft_histogram(jnp.full((100,), centre), bins=k)
+  np.testing.assert_allclose(losses.kl_to_uniform(h1), np.log(k), rtol=1e-5)
+
+
+def test_colorization_loss_values_independence_and_gradients():
+  rng = np.random.default_rng(0)
+  y = jnp.asarray(rng.uniform(-1, 1, (3, 8, 8, 2)), jnp.float32)
+  y_hat = jnp.asarray(rng.uniform(-1, 1, (3, 8, 8, 2)), jnp.float32)
+  plain = jax.jit(losses.colorization_loss(lam=0.0))(y_hat, {'y': y})
+  want = np.abs(np.asarray(y_hat - y)).mean(axis=(1, 2)).sum(-1)  # |a - â| + |b - b̂|
+  np.testing.assert_allclose(plain, want, rtol=1e-5)
+  fn = jax.jit(losses.colorization_loss(lam=0.5, bins=8))
+  full = fn(y_hat, {'y': y})
+  assert full.shape == (3,) and bool(jnp.all(full > plain))
+  # A collapsed (grey) prediction pays more histogram penalty than a spread one.
+  grey = jnp.zeros_like(y_hat)
+  grey_l1 = np.abs(np.asarray(y)).mean(axis=(1, 2)).sum(-1)
+  assert float(fn(grey, {'y': y})[0] - grey_l1[0]) > float(full[0] - plain[0])
+  # Per-example: changing example 2 leaves examples 0, 1 unchanged.
+  other = fn(y_hat.at[2].set(0.3), {'y': y})
+  np.testing.assert_allclose(other[:2], full[:2], rtol=1e-6)
+  # Finite gradients, also at bin centres, bin edges and clipped values.
+  special = y_hat.at[0, 0, :4, 0].set(jnp.asarray([-1.0, 1.0, 0.0, -0.875]))
+  for kernel in ('triangular', 'gaussian'):
+    g = jax.jit(jax.grad(
+        lambda p: losses.colorization_loss(0.5, 8, kernel)(p, {'y': y}).sum()))(special)
+    assert bool(jnp.isfinite(g).all()) and float(jnp.abs(g).sum()) > 0
+  with pytest.raises(ValueError, match=r'\(B, H, W, 2\)'):
+    fn(y_hat[..., :1], {'y': y[..., :1]})
