@@ -1,0 +1,394 @@
+"""Tests of cgml_jax.peers: each loss against a hand-written numpy formula, BasisGAN's
+stochastic filters, GAN loss directions, and every train step jitted on tiny modules."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cgml_jax.peers import basisgan, diversity, gan, methods, mrgan
+
+EPS = 1e-9
+
+
+def _key(seed):
+  # RBG keys: threefry's initialisers cost seconds of XLA compile per module on CPU, and
+  # these tests are compile-bound.
+  return jax.random.key(seed, impl='rbg')
+
+
+def _rng(seed=0):
+  return np.random.default_rng(seed)
+
+
+# ---------------------------------------------------------------------------------------
+# MR-GAN losses against numpy.
+
+
+def _np_gaussian(name, s, y, pm, plv):
+  mu, var = s.mean(1), s.var(1, ddof=1)
+  per_pixel = {
+      'mcmle1': (mu - y) ** 2,
+      'mcmle12': 0.5 * ((y - mu) ** 2 / (var + EPS) + np.log(var + EPS)),
+      'mlmm1': (mu - pm) ** 2,
+      'mlmm12': (mu - pm) ** 2 + (var - np.exp(plv)) ** 2,
+  }[name]
+  return per_pixel.reshape(len(s), -1).mean(1)
+
+
+def _np_laplace(name, s, y, pm, pls):
+  med = np.median(s, axis=1)
+  mad = np.abs(s - med[:, None]).mean(1)
+  per_pixel = {
+      'mcmle1': np.abs(y - med),
+      'mcmle12': np.abs(y - med) / (mad + EPS) + np.log(mad + EPS),
+      'mlmm1': (pm - med) ** 2,
+      'mlmm12': (pm - med) ** 2 + (mad - np.exp(pls)) ** 2,
+  }[name]
+  return per_pixel.reshape(len(s), -1).mean(1)
+
+
+@pytest.mark.parametrize('num_samples', [4, 5])   # even K: median of the two middle ones
+@pytest.mark.parametrize('dist', mrgan.DISTRIBUTIONS)
+@pytest.mark.parametrize('name', mrgan.LOSSES)
+def test_mr_losses_match_numpy(name, dist, num_samples):
+  r = _rng(1)
+  s = r.normal(size=(3, num_samples, 4, 2)).astype(np.float32)
+  y = r.normal(size=(3, 4, 2)).astype(np.float32)
+  pm = r.normal(size=(3, 4, 2)).astype(np.float32)
+  pl = r.normal(size=(3, 4, 2)).astype(np.float32) * 0.5
+  ref = (_np_gaussian if dist == 'gaussian' else _np_laplace)(name, s, y, pm, pl)
+  got = mrgan.mr_loss(name, dist, jnp.asarray(s), jnp.asarray(y), (jnp.asarray(pm),
+                                                                    jnp.asarray(pl)))
+  assert got.shape == (3,)
+  np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-5, atol=1e-6)
+
+
+def test_laplace_detached_target_moves_every_sample():
+  # The median alone would send gradient to one sample per pixel; the paper's target
+  # t = sg(mean + m_target - median) sends the same gradient to all K of them.
+  r = _rng(2)
+  k, n = 5, 6
+  s = jnp.asarray(r.normal(size=(1, k, n)), jnp.float32)
+  y = jnp.asarray(r.normal(size=(1, n)), jnp.float32)
+  med = np.median(np.asarray(s), axis=1)
+
+  g1 = jax.jit(jax.grad(lambda s: mrgan.mlmm1_laplace(s, y).sum()))(s)
+  np.testing.assert_allclose(np.asarray(g1), np.broadcast_to(2 * (med - y) / (k * n), (1, k, n)),
+                             rtol=1e-5, atol=1e-7)
+  g2 = jax.jit(jax.grad(lambda s: mrgan.mcmle1_laplace(s, y).sum()))(s)
+  np.testing.assert_allclose(np.asarray(g2),
+                             np.broadcast_to(np.sign(med - y) / (k * n), (1, k, n)), rtol=1e-5)
+
+
+def test_mlmm_does_not_train_the_predictor():
+  r = _rng(3)
+  s = jnp.asarray(r.normal(size=(2, 4, 3)), jnp.float32)
+  pm, pl = jnp.zeros((2, 3)), jnp.zeros((2, 3))
+  for dist in mrgan.DISTRIBUTIONS:
+    g = jax.jit(jax.grad(lambda pm, pl: mrgan.mr_loss('mlmm12', dist, s, pm, (pm, pl)).sum(),
+                         argnums=(0, 1)))(pm, pl)
+    assert all(float(jnp.abs(a).max()) == 0.0 for a in g)
+
+
+def test_mr_loss_rejects_bad_inputs():
+  s, y = jnp.zeros((2, 1, 3)), jnp.zeros((2, 3))
+  with pytest.raises(ValueError, match='K >= 2'):
+    mrgan.mcmle1_gaussian(s, y)
+  with pytest.raises(ValueError, match='prediction'):
+    mrgan.mr_loss('mlmm1', 'gaussian', jnp.zeros((2, 3, 3)), y)
+
+
+def test_predictor_nll_matches_numpy():
+  r = _rng(4)
+  c, s, y = (r.normal(size=(2, 3, 3)).astype(np.float32) for _ in range(3))
+  gauss = (0.5 * ((y - c) ** 2 / np.exp(s) + s)).reshape(2, -1).mean(1)
+  lap = (np.abs(y - c) / np.exp(s) + s).reshape(2, -1).mean(1)
+  np.testing.assert_allclose(mrgan.gaussian_nll(c, s, y), gauss, rtol=1e-5)
+  np.testing.assert_allclose(mrgan.laplace_nll(c, s, y), lap, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# DSGAN / MSGAN.
+
+
+def test_dsgan_and_msgan_match_numpy():
+  r = _rng(5)
+  y1, y2 = (r.normal(size=(3, 4, 4, 2)).astype(np.float32) for _ in range(2))
+  z1, z2 = (r.normal(size=(3, 5)).astype(np.float32) for _ in range(2))
+  ratio = (np.abs(y1 - y2).reshape(3, -1).mean(1) /
+           (np.abs(z1 - z2).mean(1) + 1e-5))
+  np.testing.assert_allclose(diversity.dsgan_ratio(y1, y2, z1, z2), ratio, rtol=1e-5)
+  tau = float(np.median(ratio))
+  np.testing.assert_allclose(diversity.dsgan_loss(y1, y2, z1, z2, weight=2.0, tau=tau),
+                             -2.0 * np.minimum(ratio, tau).mean(), rtol=1e-5)
+  ms = np.abs(y1 - y2).mean() / np.abs(z1 - z2).mean()
+  np.testing.assert_allclose(diversity.msgan_loss(y1, y2, z1, z2, weight=3.0),
+                             3.0 / (ms + 1e-5), rtol=1e-5)
+  # Both terms reward outputs that differ more: lower loss for a larger |y1 - y2|.
+  for kind in diversity.KINDS:
+    lo = diversity.diversity_loss(kind, y1, y1 + 0.1, z1, z2)
+    hi = diversity.diversity_loss(kind, y1, y1 + 1.0, z1, z2)
+    assert float(hi) < float(lo), kind
+
+
+# ---------------------------------------------------------------------------------------
+# GAN losses and discriminators.
+
+
+@pytest.mark.parametrize('kind', gan.GAN_LOSSES)
+def test_gan_loss_directions(kind):
+  d_loss, g_loss = gan.gan_losses(kind)
+  right, wrong = jnp.full((2, 3), 4.0), jnp.full((2, 3), -4.0)
+  # D is right when it scores real high and fake low.
+  assert float(d_loss(right, wrong)) < float(d_loss(wrong, right))
+  # G is better off when D scores its fakes as real.
+  assert float(g_loss(right)) < float(g_loss(wrong))
+
+
+def test_ns_losses_match_bce():
+  r = _rng(6)
+  lr, lf = r.normal(size=(2, 3, 3, 1)), r.normal(size=(2, 3, 3, 1))
+  sig = lambda a: 1 / (1 + np.exp(-a))
+  d = 0.5 * (-np.log(sig(lr)).mean() - np.log(1 - sig(lf)).mean())
+  np.testing.assert_allclose(gan.ns_d_loss(lr, lf), d, rtol=1e-5)
+  np.testing.assert_allclose(gan.ns_g_loss(lf), -np.log(sig(lf)).mean(), rtol=1e-5)
+
+
+def test_patchgan_is_resolution_aware():
+  assert [gan.patch_receptive_field(n) for n in (1, 2, 3)] == [16, 34, 70]
+  for size, n, out in [(256, 3, 30), (64, 3, 6), (32, 2, 6), (16, 1, 6), (8, 1, 2)]:
+    assert gan.patch_num_down(size, size) == n
+    d = gan.PatchDiscriminator(features=2, norm='none')
+    img = jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
+    logits, _ = jax.eval_shape(
+        lambda a, b: d.init_with_output(_key(0), a, b), img, img)
+    assert logits.shape == (1, out, out, 1), (size, logits.shape)
+  ce = gan.ContextEncoderDiscriminator(features=2)
+  img = jax.ShapeDtypeStruct((3, 64, 64, 3), jnp.float32)
+  logits, _ = jax.eval_shape(
+      lambda a: ce.init_with_output(_key(0), a, a), img)
+  assert logits.shape == (3,)
+
+
+def test_patchgan_conditions_on_x_only_when_asked():
+  r = _rng(11)
+  x1, x2, y = (jnp.asarray(r.normal(size=(2, 8, 8, 1)), jnp.float32) for _ in range(3))
+  for conditional in (True, False):
+    d = gan.PatchDiscriminator(features=2, norm='none', conditional=conditional)
+    v = jax.jit(d.init)(_key(0), x1, y)
+    apply = jax.jit(d.apply)
+    moved = float(jnp.abs(apply(v, x1, y) - apply(v, x2, y)).max())
+    assert (moved > 0) == conditional
+
+
+def test_hyper_validation():
+  with pytest.raises(ValueError, match='z_dim > 0'):
+    methods.GANHyper(z_dim=0, diversity='msgan')
+  with pytest.raises(ValueError, match='unknown GAN loss'):
+    methods.GANHyper(gan_loss='wgan')
+  with pytest.raises(ValueError, match='unknown MR loss'):
+    methods.MRHyper(loss='mlmm2')
+
+
+# ---------------------------------------------------------------------------------------
+# BasisGAN.
+
+
+def test_basis_conv_is_stochastic_in_z_only():
+  r = _rng(7)
+  x = jnp.asarray(r.normal(size=(2, 6, 6, 2)), jnp.float32)
+  z1, z2 = (jnp.asarray(r.normal(size=(2, 8)), jnp.float32) for _ in range(2))
+  conv = basisgan.BasisConv(features=3, kernel_size=3, num_bases=5)
+  variables = jax.jit(conv.init)(_key(0), x, z1)
+  apply = jax.jit(conv.apply)
+  out1, out1b, out2 = (apply(variables, x, z) for z in (z1, z1, z2))
+  np.testing.assert_array_equal(out1, out1b)                 # same z, same weights
+  assert float(jnp.abs(out1 - out2).mean()) > 1e-2 * float(jnp.abs(out1).mean())
+  # Example 0 uses z[0] only.
+  out_mixed = apply(variables, x, z1.at[1].set(z2[1]))
+  np.testing.assert_allclose(out_mixed[0], out1[0], rtol=1e-6)
+  # A few hundred parameters per basis generator (Wang et al. 2020, Sec. 3.2).
+  n_basis = sum(a.size for a in jax.tree.leaves(variables['params']['basis_generator']))
+  assert n_basis == 8 * 8 + 8 + 8 * 45 + 45
+
+
+def test_basis_conv_equals_conv_with_filters_psi_times_a():
+  r = _rng(8)
+  x = jnp.asarray(r.normal(size=(2, 5, 5, 3)), jnp.float32)
+  z = jnp.asarray(r.normal(size=(2, 4)), jnp.float32)
+  conv = basisgan.BasisConv(features=2, kernel_size=3, num_bases=4, strides=2)
+  variables = jax.jit(conv.init)(_key(1), x, z)
+  p = variables['params']
+  p = {**p, 'bias': jnp.asarray(r.normal(size=(2,)), jnp.float32)}
+  psi = basisgan.BasisGenerator(3, 4).apply({'params': p['basis_generator']}, z)
+  w = basisgan.explicit_filters(psi, p['coefficients'])     # (B, 3, 3, C, C')
+  ref = jnp.stack([
+      jax.lax.conv_general_dilated(x[i:i + 1], w[i], (2, 2), 'SAME',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))[0]
+      for i in range(2)]) + p['bias']
+  np.testing.assert_allclose(jax.jit(conv.apply)({'params': p}, x, z), ref, rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_basis_unet_generator_diverse_in_z():
+  r = _rng(9)
+  h = (jnp.asarray(r.normal(size=(2, 2, 2, 8)), jnp.float32),
+       jnp.asarray(r.normal(size=(2, 4, 4, 4)), jnp.float32))   # any order
+  z1, z2 = (jnp.asarray(r.normal(size=(2, 8)), jnp.float32) for _ in range(2))
+  g = basisgan.BasisUNetGenerator(out_channels=3, norm='none')
+  v = jax.jit(g.init)(_key(0), h, z1)
+  apply = jax.jit(g.apply)
+  y1, y1b, y2 = (apply(v, h, z) for z in (z1, z1, z2))
+  assert y1.shape == (2, 8, 8, 3)
+  np.testing.assert_array_equal(y1, y1b)
+  assert float(jnp.abs(y1 - y2).mean()) > 1e-3
+  assert 'BasisConv_0' in v['params'] and 'Conv_0' in v['params']   # they alternate
+
+
+# ---------------------------------------------------------------------------------------
+# Train steps on tiny modules.
+
+
+class TinyEncoder(nn.Module):
+  """H: (B, 8, 8, C) -> (h1 at 4x4, h2 at 2x2), like the project's U-Net encoder."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    h1 = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+    return h1, nn.relu(nn.Conv(4, (3, 3), strides=2)(h1))
+
+
+class TinyGenerator(nn.Module):
+  """G(h, z): noise broadcast onto the bottleneck, two upsamplings, tanh."""
+  out: int = 1
+
+  @nn.compact
+  def __call__(self, h, z, *, train=False):
+    h1, h2 = h
+    u = jnp.concatenate([h2, jnp.broadcast_to(z[:, None, None], h2.shape[:3] + z.shape[-1:])],
+                        -1)
+    u = jnp.repeat(jnp.repeat(u, 2, axis=1), 2, axis=2)
+    u = nn.relu(nn.Conv(4, (3, 3))(jnp.concatenate([u, h1], -1)))
+    u = jnp.repeat(jnp.repeat(u, 2, axis=1), 2, axis=2)
+    return jnp.tanh(nn.Conv(self.out, (3, 3))(u))
+
+
+def _batch(b=4):
+  r = _rng(10)
+  x = jnp.asarray(r.normal(size=(b, 8, 8, 1)), jnp.float32)
+  mask = jnp.zeros((b, 8, 8, 1)).at[:, 2:6, 2:6].set(1.0)
+  return {'x': x, 'y': jnp.tanh(2 * x), 'mask': mask}
+
+
+def _run(step, state, batch, n, metric):
+  """n jitted steps with one fixed key (fixed noise), returns (state, first, last metric)."""
+  step = jax.jit(step)
+  key = _key(3)
+  values = []
+  for _ in range(n):
+    state, m = step(state, batch, key)
+    assert all(np.isfinite(float(v)) for v in m.values()), m
+    values.append(float(m[metric]))
+  return state, values[0], values[-1]
+
+
+FAST = optax.adam(1e-2)
+
+
+def _sample(sampler, state, x, k):
+  return jax.jit(sampler, static_argnums=3)(state, x, _key(0), k)
+
+
+def test_l1_regression_step_and_sample():
+  batch = _batch()
+  # Jitted: eager init compiles every op separately, which is slow on a shared CPU.
+  st = jax.jit(lambda k: methods.RegressionState.create(
+      k, batch['x'], encoder=TinyEncoder(), generator=TinyGenerator(), tx=FAST))(
+          _key(0))
+  st, first, last = _run(methods.l1_step, st, batch, 8, 'E')
+  assert last < 0.9 * first
+  s = _sample(methods.l1_sample, st, batch['x'], 3)
+  assert s.shape == (4, 3, 8, 8, 1)
+  np.testing.assert_array_equal(s[:, 0], s[:, 2])
+
+
+def test_context_encoder_step_lowers_masked_l2():
+  batch = _batch()
+  st = methods.context_encoder_state(
+      _key(0), batch['x'], batch['y'], encoder=TinyEncoder(),
+      generator=TinyGenerator(), disc=gan.ContextEncoderDiscriminator(features=2),
+      tx_g=FAST, tx_d=FAST)
+  assert st.hp.z_dim == 0 and st.recon_fn is methods.l2_error
+  st, first, last = _run(methods.gan_step, st, batch, 8, 'recon')
+  assert last < 0.9 * first
+  s = _sample(methods.gan_sample, st, batch['x'], 2)
+  np.testing.assert_array_equal(s[:, 0], s[:, 1])            # no noise, no diversity
+
+
+def test_masked_l2_ignores_context():
+  y = jnp.zeros((1, 4, 4, 1))
+  mask = jnp.zeros((1, 4, 4, 1)).at[:, :2].set(1.0)
+  y_hat = jnp.ones_like(y).at[:, :2].set(0.5)                # error 0.25 in, 1 outside
+  np.testing.assert_allclose(methods.l2_error(y_hat, {'y': y, 'mask': mask}), [0.25])
+
+
+def test_pix2pix_step_with_dsgan_and_batchnorm_patchgan():
+  batch = _batch()
+  hp = methods.GANHyper(z_dim=2, diversity='dsgan')
+  st = methods.pix2pix_state(
+      _key(0), batch['x'], batch['y'], encoder=TinyEncoder(),
+      generator=TinyGenerator(), disc=gan.PatchDiscriminator(features=2, norm='batch'),
+      hp=hp, tx_g=FAST, tx_d=FAST)
+  mean_before = st.stats['disc']['batch_stats']
+  st, first, last = _run(methods.gan_step, st, batch, 8, 'recon')
+  assert last < 0.9 * first
+  # D's BatchNorm statistics were threaded through the step.
+  changed = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), mean_before,
+                         st.stats['disc']['batch_stats'])
+  assert max(jax.tree.leaves(changed)) > 0
+  _, m = jax.jit(methods.gan_step)(st, batch, _key(4))
+  assert float(m['diversity']) < 0                           # -lambda * ratio
+  s = _sample(methods.gan_sample, st, batch['x'], 3)
+  assert s.shape == (4, 3, 8, 8, 1) and float(jnp.abs(s[:, 0] - s[:, 1]).max()) > 0
+
+
+def test_basisgan_step_lowers_l1_and_samples_differ():
+  batch = _batch()
+  st = methods.basisgan_state(
+      _key(0), batch['x'], batch['y'], encoder=TinyEncoder(),
+      generator=basisgan.BasisUNetGenerator(out_channels=1, norm='none', basis_hidden=4),
+      disc=gan.PatchDiscriminator(features=2, norm='none'), tx_g=FAST, tx_d=FAST)
+  st, first, last = _run(methods.gan_step, st, batch, 8, 'recon')
+  assert last < 0.9 * first
+  s = _sample(methods.gan_sample, st, batch['x'], 3)
+  assert s.shape == (4, 3, 8, 8, 1) and float(jnp.abs(s[:, 0] - s[:, 1]).max()) > 0
+
+
+def test_mrgan_predictor_then_generator_steps():
+  batch = _batch()
+  pst = methods.PredictorState.create(
+      _key(0), batch['x'], dist='laplace',
+      predictor=mrgan.Predictor(TinyEncoder(), TinyGenerator(out=2)), tx=FAST)
+  pst, first, last = _run(methods.predictor_step, pst, batch, 8, 'nll')
+  assert last < 0.9 * first
+  centre, log_scale = jax.jit(methods.predict_moments)(pst, batch['x'])
+  assert centre.shape == log_scale.shape == batch['y'].shape
+
+  with pytest.raises(ValueError, match='predictor_state'):
+    methods.MRGANState.create(_key(0), batch['x'], batch['y'],
+                              encoder=TinyEncoder(), generator=TinyGenerator(),
+                              hp=methods.MRHyper(dist='laplace'))
+  hp = methods.MRHyper(z_dim=2, loss='mlmm12', dist='laplace', num_samples=4,
+                       diversity='msgan')
+  st = methods.MRGANState.create(
+      _key(1), batch['x'], batch['y'], encoder=TinyEncoder(),
+      generator=TinyGenerator(), disc=gan.PatchDiscriminator(features=2, norm='none'),
+      hp=hp, predictor_state=pst, tx_g=FAST, tx_d=FAST)
+  st, first, last = _run(methods.mrgan_step, st, batch, 8, 'mr')
+  assert last < 0.9 * first
+  # The predictor is frozen: its variables are the ones it was trained to.
+  jax.tree.map(np.testing.assert_array_equal, st.predictor_vars['params'], pst.params)
+  assert _sample(methods.mrgan_sample, st, batch['x'], 5).shape == (4, 5, 8, 8, 1)
