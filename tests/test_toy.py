@@ -1,0 +1,98 @@
+"""The toy task: its metrics on hand-made samples, input validation, and end to end."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cgml_jax import train
+from cgml_jax.tasks import toy
+from experiments import toy as toy_config
+
+MODES = np.array([4.0, -4.0], np.float32)
+
+
+def test_metrics_on_hand_made_samples():
+  x = np.array([[0.5], [-0.8], [1.0]], np.float32)
+  b = toy.branches(x, MODES)  # (3, 2, 3)
+  np.testing.assert_allclose(b[0, 0], 4 * np.array([0.5, 0.25, 0.125]))
+  # Two samples on each branch: perfect.
+  on = np.stack([b[:, 0], b[:, 1], b[:, 0], b[:, 1]], axis=1)
+  m = toy.evaluate_samples(x, on, MODES, tau=0.2)
+  assert m == {'branch_error': 0.0, 'coverage': 1.0, 'coverage_separated': 1.0,
+               'phantom_rate': 0.0, 'tau': 0.2}
+  # All samples on branch 0: no coverage, no phantoms.
+  m = toy.evaluate_samples(x, np.repeat(b[:, :1], 4, axis=1), MODES, tau=0.2)
+  assert m['coverage'] == 0.0 and m['phantom_rate'] == 0.0
+  # All samples at the mean of the branches (what L2 regression predicts): all phantoms.
+  mid = np.repeat(b.mean(1, keepdims=True), 4, axis=1)
+  m = toy.evaluate_samples(x, mid, MODES, tau=0.2)
+  assert m['phantom_rate'] == 1.0 and m['coverage'] == 0.0
+  np.testing.assert_allclose(m['branch_error'], np.linalg.norm(b[:, 0] - mid[:, 0], axis=-1).mean(),
+                             rtol=1e-6)
+  # Half of the samples 0.1 off a branch, half 1.0 off: tau = 0.2 splits them.
+  off = on.copy()
+  off[:, :2, 0] += 0.1
+  off[:, 2:, 0] += 1.0
+  m = toy.evaluate_samples(x, off, MODES, tau=0.2)
+  assert m['phantom_rate'] == 0.5 and m['coverage'] == 1.0
+
+
+def test_near_zero_x_counts_as_covered_but_not_separated():
+  x = np.array([[0.01]], np.float32)  # branches 0.08 apart < 2 tau
+  b = toy.branches(x, MODES)
+  m = toy.evaluate_samples(x, b[:, :1], MODES, tau=0.2)
+  assert m['coverage'] == 1.0 and np.isnan(m['coverage_separated'])
+
+
+@pytest.mark.parametrize('modes,match', [((), 'non-empty'), ((4.0, 4.0), 'distinct'),
+                                         ((1.0, float('nan')), 'finite')])
+def test_bad_modes_raise(modes, match):
+  with pytest.raises(ValueError, match=match):
+    toy.validate_modes(modes)
+
+
+def test_dataset_follows_the_modes():
+  import jax
+  data = toy.make_dataset(jax.random.key(0), 1000, np.array([4.0, -4.0, 2.0], np.float32))
+  assert set(np.unique(data['mode'])) == {0, 1, 2}
+  np.testing.assert_allclose(data['y'][:, 1] / np.maximum(data['x'][:, 0] ** 2, 1e-12),
+                             np.array([4.0, -4.0, 2.0])[data['mode']], rtol=1e-3, atol=1e-3)
+
+
+def test_toy_end_to_end_small(tmp_path):
+  """A shrunken toy run still separates the two branches where L1 cannot."""
+  config = toy_config.get_config()
+  with config.unlocked():
+    config.data.num_train = 2048
+    config.data.num_test = 100
+    config.data.batch_size = 128
+    config.model.width = 64
+    config.model.h_dim = 32
+    config.train.steps = 600
+    config.train.inner_steps = 6
+    config.train.log_every = 300
+    config.eval.num_samples = 16
+    config.latent.traverse_steps = 30
+    config.methods = ('l1', 'cgml')
+  out = train.train_and_evaluate(config, str(tmp_path))
+  saved = json.load(open(tmp_path / 'metrics.json'))
+  assert saved['methods'].keys() == {'l1', 'cgml'}
+  assert os.path.exists(tmp_path / 'fig3_toy.png') and os.path.exists(tmp_path / 'rho_heatmap.png')
+  cg, l1 = out['methods']['cgml'], out['methods']['l1']
+  assert cg['coverage_separated'] >= 0.8, cg
+  assert cg['phantom_rate'] <= 0.2, cg
+  assert l1['coverage_separated'] <= 0.05, l1
+
+
+def test_unknown_task_and_method_raise(tmp_path):
+  config = toy_config.get_config('smoke')
+  with config.unlocked():
+    config.methods = ('cgml', 'vae')
+  with pytest.raises(ValueError, match="'vae'"):
+    train.train_and_evaluate(config, str(tmp_path))
+  with config.unlocked():
+    config.task = 'nope'
+  with pytest.raises(ValueError, match="'nope'"):
+    train.train_and_evaluate(config, str(tmp_path))
