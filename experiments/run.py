@@ -8,12 +8,17 @@ same function. Example:
 
 Config overrides use ml_collections syntax; the config is locked, so an unknown key is an
 error rather than a silently ignored typo.
+
+Running the same command again resumes from the checkpoints in the workdir. On SIGTERM
+the run checkpoints and exits with status 143 (128 + SIGTERM) so that schedulers restart it.
 """
+
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from cgml_jax import train
+from cgml_jax import loop, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config).',
@@ -25,7 +30,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except loop.Preempted as e:
+    print(e, flush=True)
+    sys.exit(143)
 
 
 if __name__ == '__main__':

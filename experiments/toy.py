@@ -47,7 +47,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.schedule = 'cosine'
   c.train.warmup_steps = 0
   c.train.grad_clip = 1.0       # global-norm clipping, 0 = off
-  c.train.log_every = 500
+  c.train.log_every = 500       # console line, metric writers and history every N steps
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 500      # Orbax checkpoint every N steps (and at the end, and on SIGTERM)
+  c.checkpoint.keep = 3         # newest checkpoints kept per method
+  c.checkpoint.async_save = False  # write in the background (the device->host copy still blocks)
+  # The workdir's config.json must match this config, except for the fields in
+  # cgml_jax.checkpoint.RESUMABLE_FIELDS (logging, checkpoint cadence, plots). True
+  # continues anyway (e.g. to extend train.steps, which also stretches the lr schedule).
+  c.checkpoint.allow_config_mismatch = False
+
+  c.logging = ml_collections.ConfigDict()
+  c.logging.tensorboard = True  # event files in workdir/logs (metrics.jsonl is always written)
+  c.logging.images = True       # image summary of the K samples per method after training
+
+  c.distributed = ml_collections.ConfigDict()  # multi-host; empty/0/-1 = from the environment
+  c.distributed.coordinator_address = ''  # host:port of process 0 (JAX_COORDINATOR_ADDRESS)
+  c.distributed.num_processes = 0         # JAX_NUM_PROCESSES
+  c.distributed.process_id = -1           # JAX_PROCESS_ID
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 32       # K samples per test x
@@ -66,6 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.latent.traverse_steps = 5
     c.eval.num_samples = 4
     c.eval.plots = False
+    c.checkpoint.every = 10
+    c.logging.images = False
   elif arg:
     raise ValueError(f'unknown config argument {arg!r}; expected nothing or "smoke"')
   return c

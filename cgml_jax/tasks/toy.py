@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, loop, optim, regression
+from cgml_jax import checkpoint, cgml, loop, optim, parallel, regression, writers
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
 
 METHODS = ('l1', 'cgml_no_rho', 'cgml')
@@ -56,17 +56,55 @@ def make_dataset(key: jax.Array, n: int, modes: np.ndarray) -> dict[str, np.ndar
   return {'x': x, 'y': y.astype(np.float32), 'mode': mode, 'index': np.arange(n)}
 
 
-def batch_iterator(data: dict, batch_size: int, seed: int):
-  """Endless shuffled batches (a fresh permutation every epoch)."""
-  n = len(data['x'])
-  if batch_size > n:
-    raise ValueError(f'batch_size {batch_size} exceeds num_train {n}')
-  rng = np.random.default_rng(seed)
-  while True:
-    perm = rng.permutation(n)
-    for i in range(0, n - batch_size + 1, batch_size):
-      idx = perm[i:i + batch_size]
-      yield {'x': data['x'][idx], 'y': data['y'][idx], 'index': data['index'][idx]}
+class BatchIterator:
+  """Endless shuffled batches (a fresh permutation every epoch), checkpointable.
+
+  The order is that of `np.random.default_rng(seed)` drawing one permutation per epoch.
+  `get_state()` is {'epoch', 'position'}; `set_state` redraws the permutations up to that
+  epoch, so a restored iterator continues with exactly the batches the original would have
+  produced. With several processes each takes its contiguous slice of every global batch
+  (process order = device order of the `data` mesh), so the global batch is the same for
+  any process count.
+  """
+
+  def __init__(self, data: dict, batch_size: int, seed: int, process_index: int = 0,
+               process_count: int = 1):
+    n = len(data['x'])
+    if batch_size > n:
+      raise ValueError(f'batch_size {batch_size} exceeds num_train {n}')
+    if batch_size % process_count:
+      raise ValueError(f'batch_size {batch_size} does not split over {process_count} processes')
+    self.data, self.batch_size, self.seed = data, batch_size, seed
+    self.local = batch_size // process_count
+    self.offset = process_index * self.local
+    self.per_epoch = n // batch_size
+    self.set_state({'epoch': 0, 'position': 0})
+
+  def get_state(self) -> dict:
+    return {'epoch': self.epoch, 'position': self.position}
+
+  def set_state(self, state: dict):
+    self.epoch, self.position = int(state['epoch']), int(state['position'])
+    self._rng = np.random.default_rng(self.seed)
+    for _ in range(self.epoch + 1):
+      self._perm = self._rng.permutation(len(self.data['x']))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self.position == self.per_epoch:
+      self.epoch, self.position = self.epoch + 1, 0
+      self._perm = self._rng.permutation(len(self.data['x']))
+    start = self.position * self.batch_size + self.offset
+    idx = self._perm[start:start + self.local]
+    self.position += 1
+    return {'x': self.data['x'][idx], 'y': self.data['y'][idx], 'index': self.data['index'][idx]}
+
+
+def batch_iterator(data: dict, batch_size: int, seed: int) -> BatchIterator:
+  """Endless shuffled batches of the whole batch on one process (see `BatchIterator`)."""
+  return BatchIterator(data, batch_size, seed)
 
 
 def evaluate_samples(x: np.ndarray, samples: np.ndarray, modes: np.ndarray,
@@ -106,8 +144,13 @@ def _optimizer(config, lr):
                               warmup_steps=t.warmup_steps, grad_clip=t.grad_clip)
 
 
-def train_method(method: str, config, data: dict, key: jax.Array):
-  """Trains one of METHODS on `data`; returns (state, history, seconds)."""
+def train_method(method: str, config, data: dict, key: jax.Array, workdir: str | None = None,
+                 writer=None):
+  """Trains one of METHODS on `data`; returns (state, history, seconds).
+
+  With a `workdir`, checkpoints go to `workdir/checkpoints/<method>` and training resumes
+  from there; a method whose final checkpoint exists is restored, not retrained.
+  """
   if method not in METHODS:
     raise ValueError(f'unknown toy method {method!r}; expected one of {METHODS}')
   k_init, k_train = jax.random.split(key)
@@ -128,12 +171,25 @@ def train_method(method: str, config, data: dict, key: jax.Array):
                                   tx_hg=tx_hg, tx_latent=tx_lat, hp=hp,
                                   num_examples=len(data['x']))
     step_fn = cgml.train_step
-  batches = batch_iterator(data, config.data.batch_size, config.seed)
+  mesh = parallel.make_mesh()
+  parallel.process_batch_size(config.data.batch_size, mesh)  # fails early if uneven
+  batches = BatchIterator(data, config.data.batch_size, config.seed,
+                          jax.process_index(), jax.process_count())
+  ckpt = None
+  if workdir is not None:
+    c = config.checkpoint
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints', method), every=c.every,
+                                   keep=c.keep, async_save=c.async_save)
   t0 = time.perf_counter()
-  state, history = loop.fit(state, step_fn, batches, num_steps=config.train.steps, key=k_train,
-                            log_every=config.train.log_every, name=f'toy/{method}',
-                            extra_metrics=lambda s: {'lr': float(sched(s.step))})
-  return state, history, time.perf_counter() - t0
+  try:
+    state, history = loop.fit(state, step_fn, batches, num_steps=config.train.steps,
+                              key=k_train, log_every=config.train.log_every,
+                              name=f'toy/{method}', extra_metrics=lambda s: {'lr': sched(s.step)},
+                              checkpointer=ckpt, writer=writer, mesh=mesh)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+  return parallel.to_local(state), history, time.perf_counter() - t0
 
 
 def sample_method(method: str, state, x: np.ndarray, key: jax.Array, config):
@@ -162,6 +218,26 @@ def rho_map(state, x: np.ndarray, key: jax.Array, num_samples: int, num_steps: i
     return rhos.reshape(num_steps, b, num_samples).mean(-1)
 
   return np.asarray(run(state, jnp.asarray(x), key))
+
+
+def samples_image(x: np.ndarray, samples: np.ndarray, modes: np.ndarray) -> np.ndarray:
+  """The K samples per x (red) over the true branches (grey), y[0] and y[2]: (H, W, 3)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  xs = np.linspace(-1, 1, 200)[:, None]
+  truth = branches(xs, modes)
+  fig, axes = plt.subplots(1, 2, figsize=(5, 2.2), dpi=64)
+  for ax, d in zip(axes, (0, 2)):
+    ax.plot(xs[:, 0], truth[:, :, d], color='0.7', lw=2)
+    ax.scatter(np.repeat(x[:, 0], samples.shape[1]), samples[:, :, d].ravel(), s=1, color='C3')
+    ax.set_title(f'y[{d}], K={samples.shape[1]}', fontsize=8)
+  fig.tight_layout()
+  fig.canvas.draw()
+  img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  plt.close(fig)
+  return img
 
 
 def plot(workdir: str, x: np.ndarray, samples: dict, modes: np.ndarray, rho: np.ndarray | None,
@@ -219,7 +295,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for m in config.methods:
     if m not in METHODS:
       raise ValueError(f'unknown toy method {m!r} in config.methods; expected some of {METHODS}')
+  d = config.distributed
+  parallel.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
+                                  d.process_id if d.process_id >= 0 else None)
   os.makedirs(workdir, exist_ok=True)
+  checkpoint.check_workdir_config(workdir, config,
+                                  allow_mismatch=config.checkpoint.allow_config_mismatch)
+  writer = writers.create_writer(os.path.join(workdir, 'logs'),
+                                 tensorboard=config.logging.tensorboard)
   key = jax.random.key(config.seed)
   k_train, k_test, k_models, k_eval = jax.random.split(key, 4)
   data = make_dataset(k_train, config.data.num_train, modes)
@@ -227,9 +310,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tau = config.eval.tau_frac * float(np.abs(modes).max())
   results, samples, rho, states = {}, {}, None, {}
   for i, method in enumerate(config.methods):
-    state, history, seconds = train_method(method, config, data, jax.random.fold_in(k_models, i))
+    state, history, seconds = train_method(method, config, data,
+                                           jax.random.fold_in(k_models, i), workdir, writer)
     s = sample_method(method, state, test['x'], k_eval, config)
     samples[method] = s
+    if config.logging.images:
+      writer.write_images(config.train.steps, {f'toy/{method}/samples':
+                                               samples_image(test['x'], s, modes)})
     results[method] = {**evaluate_samples(test['x'], s, modes, tau),
                        'train_seconds': round(seconds, 2), 'final_E': history[-1]['E']}
     if method == 'cgml':
@@ -239,6 +326,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                            for k, v in results[method].items()}), flush=True)
   out = {'modes': modes.tolist(), 'num_test': int(config.data.num_test),
          'num_samples': int(config.eval.num_samples), 'tau': tau, 'methods': results}
+  writer.close()
+  if not parallel.is_primary():
+    return out
   with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
     json.dump(out, f, indent=2)
   if config.eval.plots:

@@ -1,0 +1,211 @@
+"""Checkpoints through `loop.fit`: exact resume, keep-k, corruption, NaN, SIGTERM, config guard.
+
+A tiny hand-written train state (params, Adam state, a statistic, a z table) and a step
+that uses its key and its batch, so a resume that lost any of them would diverge.
+"""
+
+import json
+import os
+import signal
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import struct
+
+from cgml_jax import checkpoint, loop
+
+TX = optax.adam(0.05)
+
+
+class State(struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  stats: Any
+  opt_state: Any
+  z_table: Any
+  tx: Any = struct.field(pytree_node=False)
+
+
+def init_state():
+  params = {'w': jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)}
+  return State(step=jnp.zeros((), jnp.int32), params=params, stats={'u': jnp.ones(3)},
+               opt_state=TX.init(params), z_table=jnp.zeros((16, 3)), tx=TX)
+
+
+def step_fn(state, batch, key, nan_at=None):
+  noise = jax.random.normal(key, (3,))
+
+  def loss(p):
+    pred = batch['x'] @ p['w'] + noise
+    return jnp.mean((pred - state.stats['u']) ** 2)
+
+  e, g = jax.value_and_grad(loss)(state.params)
+  updates, opt_state = state.tx.update(g, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  if nan_at is not None:  # parameters (not the loss) go NaN at step `nan_at`
+    params = jax.tree.map(lambda w: jnp.where(state.step + 1 == nan_at, jnp.nan, w), params)
+  z = state.z_table.at[batch['index']].add(noise)
+  stats = {'u': state.stats['u'] * 0.9 + 0.1 * noise}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, stats=stats,
+                       z_table=z), {'E': e}
+
+
+class Batches:
+  """Deterministic batches from a position; checkpointable, and it can send SIGTERM."""
+
+  def __init__(self, sigterm_at=None):
+    self.pos, self.sigterm_at = 0, sigterm_at
+
+  def get_state(self):
+    return {'pos': self.pos}
+
+  def set_state(self, s):
+    self.pos = s['pos']
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    rng = np.random.default_rng(self.pos)
+    self.pos += 1
+    if self.pos == self.sigterm_at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return {'x': rng.normal(size=(4, 2)).astype(np.float32),
+            'index': rng.integers(0, 16, size=4).astype(np.int32)}
+
+
+def generator_batches():
+  it = Batches()
+  while True:
+    yield next(it)
+
+
+def run(num_steps, ckpt=None, batches=None, **kw):
+  return loop.fit(init_state(), kw.pop('step', step_fn), batches or Batches(),
+                  num_steps=num_steps, key=jax.random.key(3), log_every=1000,
+                  checkpointer=ckpt, **kw)
+
+
+def leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def assert_same(a, b):
+  for x, y in zip(leaves(a), leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope='module')
+def reference():
+  return run(10)[0]
+
+
+@pytest.mark.parametrize('async_save', [False, True])
+def test_resume_is_bitwise_and_keeps_k(tmp_path, reference, capsys, async_save):
+  d = str(tmp_path / 'ck')
+  run(7, checkpoint.Checkpointer(d, every=3, keep=2, async_save=async_save))  # "interrupted"
+  ck = checkpoint.Checkpointer(d, every=3, keep=2, async_save=async_save)
+  assert ck.all_steps() == [6, 7]  # every 3 plus the end; step 3 pruned (keep 2)
+  with open(os.path.join(d, '7', 'data', 'process_0-of-1.json')) as f:
+    assert json.load(f) == {'pos': 7}  # the iterator position is in the checkpoint
+  batches = Batches()
+  state, history = run(10, ck, batches)
+  assert 'restored step 7' in capsys.readouterr().out
+  assert batches.pos == 10  # continued from 7, did not restart at 0
+  assert_same(state, reference)
+  assert ck.all_steps() == [9, 10]
+  assert [h['step'] for h in history] == [7, 10]  # history restored from the checkpoint
+  # A finished run restores and returns without training.
+  batches = Batches()
+  state, _ = run(10, checkpoint.Checkpointer(d, every=3, keep=2), batches)
+  out = capsys.readouterr().out
+  assert 'already trained' in out and '[train] step' not in out and batches.pos == 10
+  assert_same(state, reference)
+
+
+def test_plain_iterator_is_fast_forwarded(tmp_path, reference):
+  d = str(tmp_path / 'ck')
+  run(5, checkpoint.Checkpointer(d, every=5), generator_batches())
+  state, _ = run(10, checkpoint.Checkpointer(d, every=5), generator_batches())
+  assert_same(state, reference)
+
+
+def test_corrupted_or_partial_latest_uses_previous(tmp_path, capsys):
+  d = str(tmp_path / 'ck')
+  run(6, checkpoint.Checkpointer(d, every=3, keep=5))
+  # Step 6 loses its array data (a truncated copy, a disk error); step 9 is a partial
+  # write that never got renamed (a kill during save).
+  for root, _, files in os.walk(os.path.join(d, '6', 'state')):
+    for f in files:
+      if f != '_METADATA' and 'commit' not in f:
+        with open(os.path.join(root, f), 'r+b') as fh:
+          fh.truncate(3)
+  os.makedirs(os.path.join(d, '9.orbax-checkpoint-tmp-123', 'state'))
+  ck = checkpoint.Checkpointer(d, every=3, keep=5)
+  restored = ck.restore_latest(loop.parallel.replicate(init_state(), loop.parallel.make_mesh()),
+                               key=jax.random.key(3), iterator=Batches())
+  out = capsys.readouterr().out
+  assert restored.step == 3, out
+  assert 'step 6' in out and 'unreadable' in out
+  assert os.listdir(os.path.join(d, 'corrupted'))[0].startswith('6-')
+  assert ck.all_steps() == [3]
+  # Training then continues from 3 and matches an uninterrupted run.
+  state, _ = run(6, ck)
+  assert_same(state, run(6)[0])
+
+
+def test_checkpoint_of_another_model_is_refused_not_discarded(tmp_path):
+  d = str(tmp_path / 'ck')
+  run(3, checkpoint.Checkpointer(d, every=3))
+  bigger = init_state().replace(z_table=jnp.zeros((32, 3)))
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r'\(32, 3\)'):
+    checkpoint.Checkpointer(d, every=3).restore_latest(bigger, key=jax.random.key(3))
+  assert checkpoint.Checkpointer(d, every=3).all_steps() == [3]  # still there
+
+
+def test_nan_in_parameters_names_step_and_keeps_last_good(tmp_path):
+  d = str(tmp_path / 'ck')
+  ck = checkpoint.Checkpointer(d, every=2, keep=5)
+  step = lambda s, b, k: step_fn(s, b, k, nan_at=5)
+  with pytest.raises(loop.NonFiniteError, match=r'step 5: the parameters') as e:
+    run(10, ck, step=step)
+  assert 'last good checkpoint is step 4' in str(e.value)
+  assert ck.all_steps() == [2, 4]
+  restored = ck.restore_latest(init_state(), key=jax.random.key(3))
+  assert all(np.isfinite(x).all() for x in leaves(restored.state.params))
+
+
+def test_sigterm_saves_and_stops(tmp_path, reference):
+  d = str(tmp_path / 'ck')
+  with pytest.raises(loop.Preempted) as e:
+    run(10, checkpoint.Checkpointer(d, every=100), Batches(sigterm_at=4))
+  assert e.value.step == 4 and 'step 4' in str(e.value)
+  ck = checkpoint.Checkpointer(d, every=100)
+  assert ck.all_steps() == [4]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+  state, _ = run(10, ck)
+  assert_same(state, reference)
+
+
+def test_config_guard(tmp_path):
+  cfg = ml_collections.ConfigDict({'seed': 0, 'train': {'lr': 1e-3, 'log_every': 10},
+                                   'modes': (4.0, -4.0)})
+  assert checkpoint.check_workdir_config(str(tmp_path), cfg) == {}
+  assert checkpoint.check_workdir_config(str(tmp_path), cfg) == {}  # a resume: same config
+  cfg.train.log_every = 99  # logging may change on resume
+  assert checkpoint.check_workdir_config(str(tmp_path), cfg) == {}
+  cfg.train.lr = 0.1
+  cfg.modes = (4.0, 2.0)
+  with pytest.raises(checkpoint.ConfigMismatchError) as e:
+    checkpoint.check_workdir_config(str(tmp_path), cfg)
+  msg = str(e.value)
+  assert 'train.lr: saved 0.001 != new 0.1' in msg and 'modes' in msg and 'seed' not in msg
+  assert 'allow_config_mismatch' in msg
+  diff = checkpoint.check_workdir_config(str(tmp_path), cfg, allow_mismatch=True)
+  assert set(diff) == {'train.lr', 'modes'}
+  assert checkpoint.check_workdir_config(str(tmp_path), cfg) == {}  # now recorded

@@ -1,0 +1,120 @@
+"""Exact auto-resume of the real launcher after SIGKILL mid-run.
+
+Run A trains uninterrupted. Run B is the same command, killed with SIGKILL as soon as it
+reports a checkpoint of the second method (no sleeps: the kill follows the process's own
+report, and plenty of steps remain, so it always lands mid-run). Run B' is the same
+command again: it must restore the finished first method without retraining, resume the
+second from its checkpoint (after a further SIGTERM, which must checkpoint and exit with
+status 143), and end with parameters, optimiser states, spectral-norm
+statistics, persistent z table and iterator position bitwise equal to run A's.
+
+The runs share a persistent compilation cache (A fills it, B and B' load from it): that
+cuts the test's CPU time by two thirds and cannot change results, since B and B' then run
+the very executables A ran.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 60
+ARGS = ['--config=experiments/toy.py:smoke', f'--config.train.steps={STEPS}',
+        '--config.checkpoint.every=10', "--config.methods=('l1','cgml')",
+        '--config.latent.init=persistent', '--config.logging.tensorboard=False']
+
+
+def start(workdir, cache):
+  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(cache),
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+  # stderr to a file: a full stderr pipe would block the child while we read stdout.
+  err = open(f'{workdir}.stderr', 'a+')
+  p = subprocess.Popen([sys.executable, '-m', 'experiments.run', *ARGS,
+                        f'--workdir={workdir}'], cwd=REPO, stdout=subprocess.PIPE,
+                       stderr=err, text=True, env=env)
+  p.err = err
+  return p
+
+
+def stderr(p):
+  p.err.seek(0)
+  return p.err.read()
+
+
+def finish(p, timeout=400):
+  out, _ = p.communicate(timeout=timeout)
+  assert p.returncode == 0, stderr(p)[-3000:]
+  return out
+
+
+def run_until(p, needle, sig=signal.SIGKILL, timeout=400):
+  """Reads p's stdout until a line contains `needle`; then sends `sig`. Returns the output."""
+  watchdog = threading.Timer(timeout, p.kill)
+  watchdog.start()
+  lines = []
+  try:
+    for line in p.stdout:
+      lines.append(line)
+      if needle in line:
+        p.send_signal(sig)
+        break
+  finally:
+    watchdog.cancel()
+  out, _ = p.communicate()
+  return ''.join(lines) + out
+
+
+def final_checkpoint(workdir, method):
+  d = os.path.join(workdir, 'checkpoints', method, str(STEPS))
+  state = ocp.StandardCheckpointer().restore(os.path.join(d, 'state'))
+  with open(os.path.join(d, 'data', 'process_0-of-1.json')) as f:
+    data = json.load(f)
+  return state, data
+
+
+def flat(tree):
+  import jax
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
+  ref_dir, dir_, cache = tmp_path / 'ref', tmp_path / 'run', tmp_path / 'cache'
+  finish(start(ref_dir, cache))
+  killed = start(dir_, cache)
+  out_b = run_until(killed, f'saved step 10 to {dir_}/checkpoints/cgml')
+  assert killed.returncode == -signal.SIGKILL, out_b[-2000:]
+  assert not os.path.exists(dir_ / 'metrics.json')  # it really died mid-run
+  # Preemption: SIGTERM makes the launcher checkpoint the current step and exit with 143.
+  term = start(dir_, cache)
+  out_t = run_until(term, f'saved step 20 to {dir_}/checkpoints/cgml', sig=signal.SIGTERM)
+  assert term.returncode == 143, out_t[-2000:] + stderr(term)[-2000:]
+  assert 'preempted (SIGTERM) after step' in out_t and 'Traceback' not in out_t
+  out_c = finish(start(dir_, cache))
+
+  # The finished method was restored, not retrained; the second resumed mid-way.
+  assert f'restored step {STEPS} from {dir_}/checkpoints/l1' in out_c
+  assert '[toy/l1] already trained' in out_c and '[toy/l1] step' not in out_c
+  resumed = [l for l in out_c.splitlines() if f'from {dir_}/checkpoints/cgml' in l][0]
+  assert 20 <= int(resumed.split('restored step ')[1].split()[0]) < STEPS, resumed
+
+  for method in ('l1', 'cgml'):
+    (a, data_a), (b, data_b) = final_checkpoint(ref_dir, method), final_checkpoint(dir_, method)
+    fa, fb = flat(a), flat(b)
+    assert fa.keys() == fb.keys()
+    if method == 'cgml':
+      assert any('z_table' in k for k in fa) and any('sigma' in k for k in fa)
+    for k in fa:
+      np.testing.assert_array_equal(fa[k], fb[k], err_msg=f'{method} {k}')
+    assert data_a == data_b
+  ma, mb = (json.load(open(d / 'metrics.json'))['methods'] for d in (ref_dir, dir_))
+  for m in ma:
+    ma[m].pop('train_seconds'), mb[m].pop('train_seconds')
+  assert ma == mb
