@@ -37,10 +37,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.latent.alpha = 1.0          # rho = alpha * ||z' - z||
   c.latent.use_momentum = True  # False = the "w/o rho" ablation for the 'cgml' method too
   c.latent.traverse_steps = 50  # T of Eq. 4 at inference
+  c.latent.clip_step = False    # not in the paper: Eq. 4 step min(rho_hat, ||r_hat - z||)
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 3000
-  c.train.inner_steps = 10      # l of Algorithm 1
+  c.train.steps = 2000
+  c.train.inner_steps = 8       # l of Algorithm 1
   c.train.generator_update = 'every'  # 'every' inner step (Algorithm 1) or 'last' only
   c.train.lr = 1e-3             # Adam, (H, G)
   c.train.lr_latent = 1e-3      # Adam, Z

@@ -74,6 +74,14 @@ def test_eq4_step_matches_numpy():
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(cgml.eq4_step(z, r, rho, use_momentum=False), np_project(r),
                              rtol=1e-6)
+  # clip_step: the step is min(rho_hat, ||r_hat - z||), never past the target.
+  dist = np.linalg.norm(r - z, axis=-1)
+  np.testing.assert_allclose(cgml.eq4_step(z, r, rho, clip_step=True),
+                             np_project(z + np.minimum(rho, dist)[:, None] * d),
+                             rtol=1e-5, atol=1e-6)
+  near = z + 0.01 * (r - z)  # target 1% of the way: the clipped step stops there
+  np.testing.assert_allclose(cgml.eq4_step(z, near, np.full(5, 2.0, np.float32), clip_step=True),
+                             np_project(near), rtol=1e-5, atol=1e-6)
   # r_hat == z: no direction, so z must stay put instead of becoming NaN.
   np.testing.assert_allclose(cgml.eq4_step(z, z, rho), z, atol=1e-6)
 

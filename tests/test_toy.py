@@ -65,16 +65,11 @@ def test_toy_end_to_end_small(tmp_path):
   """A shrunken toy run still separates the two branches where L1 cannot."""
   config = toy_config.get_config()
   with config.unlocked():
-    config.data.num_train = 2048
     config.data.num_test = 100
-    config.data.batch_size = 128
-    config.model.width = 64
-    config.model.h_dim = 32
-    config.train.steps = 600
-    config.train.inner_steps = 6
-    config.train.log_every = 300
+    config.train.steps = 800
+    config.train.inner_steps = 10
+    config.train.log_every = 400
     config.eval.num_samples = 16
-    config.latent.traverse_steps = 30
     config.methods = ('l1', 'cgml')
   out = train.train_and_evaluate(config, str(tmp_path))
   saved = json.load(open(tmp_path / 'metrics.json'))

@@ -166,7 +166,7 @@ def train_method(method: str, config, data: dict, key: jax.Array, workdir: str |
                     alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
                     use_momentum=(method == 'cgml') and config.latent.use_momentum,
                     generator_update=config.train.generator_update,
-                    latent_init=config.latent.init)
+                    latent_init=config.latent.init, clip_step=config.latent.clip_step)
     state = cgml.CGMLState.create(k_init, x0, encoder=enc, generator=gen, latent_net=lat,
                                   tx_hg=tx_hg, tx_latent=tx_lat, hp=hp,
                                   num_examples=len(data['x']))
@@ -212,7 +212,8 @@ def rho_map(state, x: np.ndarray, key: jax.Array, num_samples: int, num_steps: i
 
     def step(z, _):
       r_hat, rho_hat = cgml.latent_field(state, z, h)
-      return cgml.eq4_step(z, r_hat, rho_hat, state.hp.use_momentum), rho_hat
+      return cgml.eq4_step(z, r_hat, rho_hat, state.hp.use_momentum,
+                           state.hp.clip_step), rho_hat
 
     _, rhos = jax.lax.scan(step, z0, length=num_steps)
     return rhos.reshape(num_steps, b, num_samples).mean(-1)
