@@ -1,0 +1,283 @@
+r"""CPU benchmark of cGML's training step and inference, against the PyTorch peer (issue 6).
+
+Builds the `bench` configuration of ../shared/peers/torch_cgml_bench.py (colorization
+32x32, L -> ab, batch 64, z_dim 16, H 32-64-128-256, U-Net G with spectral norm, Z MLP
+256-256) from the library's own modules (`build_conv_models`, `cgml.train_step`,
+`cgml.sample`) and reports:
+
+  * the jitted training step (Algorithm 1, l inner steps) and inference (`cgml.sample`,
+    T steps, K samples): median time, images/s, compile time;
+  * XLA FLOPs per call (from the compiled program's `cost_analysis`) and achieved GFLOP/s,
+    next to this machine's f32 matmul rate (a 2048^2 matmul);
+  * when torch is installed, the peer run in the same invocation (`--json` subprocess)
+    and the JAX / torch ratios;
+  * the time per training step as l grows and per inference call as T and K grow, as a
+    table and, with --out DIR, a PNG of the curves.
+
+Timings on a shared machine are noisy: every number is the median of --steps calls after
+two warm-up calls.
+
+Usage:
+  python benchmarks/bench.py [--steps N] [--json] [--out DIR] [--no-torch] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cgml_jax import cgml
+from cgml_jax.models.conv import build_conv_models
+
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'peers',
+                    'torch_cgml_bench.py')
+
+
+def get_config(smoke: bool = False) -> ml_collections.ConfigDict:
+  """The `bench` configuration: exactly the PyTorch peer's (see module docstring)."""
+  c = ml_collections.ConfigDict()
+  c.image_size = 32        # R: square input and output side
+  c.in_channels = 1        # L channel in
+  c.out_channels = 2       # ab channels out
+  c.batch_size = 64        # B
+  c.z_dim = 16             # n, latents on S^{n-1}
+  c.base_channels = 32     # H widths 32, 64, 128, 256 (bottleneck 2x2)
+  c.max_channels = 256
+  c.latent_hidden = (256, 256)  # Z hidden widths
+  c.step_size = 0.1        # beta of the z step
+  c.alpha = 1.0            # rho = alpha * ||z' - z||
+  c.learning_rate = 1e-4   # Adam, for (H, G) and for Z
+  c.inner_steps = 3        # l
+  c.num_steps = 10         # T of inference
+  c.num_samples = 4        # K of inference
+  c.impl = 'auto'          # convolution form of layers.py ('plain' = flax reference layers)
+  c.matmul_size = 2048     # side of the square matmul that measures the machine's rate
+  c.scan_l = (1, 2, 3, 4, 6)        # l values of the training-time curve
+  c.scan_t = (1, 5, 10, 20, 40)     # T values of the inference curve (K = num_samples)
+  c.scan_k = (1, 2, 4, 8, 16)       # K values of the inference curve (T = num_steps)
+  if smoke:  # seconds-long run of the same code path, for tests
+    c.image_size, c.batch_size, c.z_dim, c.base_channels, c.max_channels = 8, 2, 4, 4, 8
+    c.latent_hidden, c.num_steps, c.num_samples, c.matmul_size = (8,), 2, 2, 64
+    c.scan_l, c.scan_t, c.scan_k = (1,), (1,), (1,)
+  return c
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax returned one dict per device
+    cost = cost[0]
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
+def _times(fn, steps: int) -> tuple[float, float]:
+  """(median, best) seconds of `steps` calls after two warm-up calls (as the peer does)."""
+  jax.block_until_ready(fn())
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return float(np.median(times)), float(np.min(times))
+
+
+def matmul_rate(n: int, steps: int) -> dict:
+  """f32 GFLOP/s of a jitted n x n matmul, the machine's reference rate: median and best."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  med, best = _times(lambda: f(a), max(steps, 5))
+  return {'median': 2 * n ** 3 / med / 1e9, 'best': 2 * n ** 3 / best / 1e9}
+
+
+def make_state(c: ml_collections.ConfigDict, inner_steps: int | None = None):
+  """The cGML state of the bench config and a random batch (x in [-1, 1], y in [-1, 1])."""
+  encoder, generator, latent_net = build_conv_models(
+      c.image_size, c.in_channels, c.out_channels, c.z_dim, base_channels=c.base_channels,
+      max_channels=c.max_channels, latent_hidden=c.latent_hidden, impl=c.impl)
+  hp = cgml.Hyper(z_dim=c.z_dim, step_size=c.step_size, alpha=c.alpha,
+                  inner_steps=inner_steps or c.inner_steps)
+  kx, ky, kinit = jax.random.split(jax.random.key(0), 3)
+  shape = (c.batch_size, c.image_size, c.image_size)
+  batch = {'x': jax.random.uniform(kx, shape + (c.in_channels,), minval=-1., maxval=1.),
+           'y': jax.random.uniform(ky, shape + (c.out_channels,), minval=-1., maxval=1.)}
+  state = cgml.CGMLState.create(
+      kinit, batch['x'], encoder=encoder, generator=generator, latent_net=latent_net,
+      tx_hg=optax.adam(c.learning_rate), tx_latent=optax.adam(c.learning_rate), hp=hp)
+  return state, batch
+
+
+def time_train(c, steps: int, inner_steps: int | None = None) -> dict:
+  """Compiles and times `cgml.train_step`; returns seconds, images/s, FLOPs, compile s."""
+  state, batch = make_state(c, inner_steps)
+  key = jax.random.key(1)
+  t0 = time.perf_counter()
+  compiled = jax.jit(cgml.train_step).lower(state, batch, key).compile()
+  compile_s = time.perf_counter() - t0
+  holder = [state]
+
+  def step():  # carry the state so that Adam sees a moving model, as in training
+    holder[0], metrics = compiled(holder[0], batch, key)
+    return metrics['E']
+
+  sec, best = _times(step, steps)
+  flops = _flops(compiled)
+  return {'median_s': sec, 'best_s': best, 'images_per_s': c.batch_size / sec, 'flops': flops,
+          'gflops_per_s': flops / sec / 1e9, 'compile_s': compile_s}
+
+
+def plain_train_flops(c) -> float:
+  """XLA FLOPs of the training step built from the plain flax layers: the useful work.
+
+  The fast up-convolution also evaluates one extra row and column of windows, so its own
+  FLOP count is higher than the work the model needs; rates are quoted on this one too.
+  """
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.impl = 'plain'
+  state, batch = make_state(c)
+  return _flops(jax.jit(cgml.train_step).lower(state, batch, jax.random.key(1)).compile())
+
+
+def time_infer(c, steps: int, state=None, num_steps: int | None = None,
+               num_samples: int | None = None) -> dict:
+  """Compiles and times `cgml.sample` (T steps, K samples); samples/s = B K / seconds."""
+  if state is None:
+    state, batch = make_state(c)
+  else:
+    state, batch = state
+  t_steps = num_steps or c.num_steps
+  k = num_samples or c.num_samples
+  key = jax.random.key(2)
+  fn = jax.jit(cgml.sample, static_argnames=('num_samples', 'num_steps'))
+  t0 = time.perf_counter()
+  compiled = fn.lower(state, batch['x'], key, num_samples=k, num_steps=t_steps).compile()
+  compile_s = time.perf_counter() - t0
+  sec, best = _times(lambda: compiled(state, batch['x'], key), steps)
+  flops = _flops(compiled)
+  return {'median_s': sec, 'best_s': best, 'images_per_s': c.batch_size * k / sec,
+          'flops': flops,
+          'gflops_per_s': flops / sec / 1e9, 'compile_s': compile_s}
+
+
+def run_peer(steps: int) -> dict | None:
+  """Runs the PyTorch peer with --json; None when torch or the peer is missing."""
+  if importlib.util.find_spec('torch') is None or not os.path.exists(PEER):
+    return None
+  out = subprocess.run([sys.executable, PEER, '--steps', str(steps), '--json'],
+                       capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def plot(res: dict, c, path: str):
+  """PNG of training time vs l and inference time vs T and vs K."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+  for ax, name, xlabel in zip(axes, ('train_vs_l', 'infer_vs_T', 'infer_vs_K'),
+                              (f'inner steps l (B={c.batch_size})',
+                               f'traversal steps T (K={c.num_samples})',
+                               f'samples K (T={c.num_steps})')):
+    xs = [r['value'] for r in res[name]]
+    ax.plot(xs, [r['median_s'] * 1e3 for r in res[name]], 'o-', label='median')
+    ax.plot(xs, [r['best_s'] * 1e3 for r in res[name]], 's--', label='best')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('ms per call')
+    ax.legend()
+    ax.grid(alpha=.3)
+  axes[0].set_title('cgml.train_step')
+  axes[1].set_title('cgml.sample')
+  axes[2].set_title('cgml.sample')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv=None) -> dict:
+  """Runs the benchmark; prints a table (or JSON) and returns the results."""
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--steps', type=int, default=10, help='timed calls per measurement')
+  ap.add_argument('--json', action='store_true', help='print results as one JSON object')
+  ap.add_argument('--out', default=None, help='directory for bench_scaling.png')
+  ap.add_argument('--no-torch', action='store_true', help='skip the PyTorch peer')
+  ap.add_argument('--no-scaling', action='store_true', help='skip the l / T / K curves')
+  ap.add_argument('--impl', default=None, help="override config.impl, e.g. 'plain'")
+  ap.add_argument('--smoke', action='store_true', help='tiny sizes, for tests')
+  a = ap.parse_args(argv)
+  c = get_config(a.smoke)
+  if a.impl:
+    c.impl = a.impl
+  steps = max(a.steps, 1)
+
+  res = {'config': c.to_dict(), 'jax': jax.__version__, 'devices': str(jax.devices())}
+  # The matmul rate is measured before and after the model (the load of a shared machine
+  # drifts); the best of both is the machine's rate.
+  mm = [matmul_rate(c.matmul_size, steps)]
+  res['train'] = time_train(c, steps)
+  res['infer'] = time_infer(c, steps)
+  mm.append(matmul_rate(c.matmul_size, steps))
+  res['matmul_gflops_per_s'] = max(m['best'] for m in mm)
+  res['matmul_median_gflops_per_s'] = [m['median'] for m in mm]
+  t = res['train']
+  t['plain_flops'] = t['flops'] if c.impl == 'plain' or a.smoke else plain_train_flops(c)
+  # Best-of-N against best-of-N: the least disturbed call of each.
+  t['useful_gflops_per_s_best'] = t['plain_flops'] / t['best_s'] / 1e9
+  t['fraction_of_matmul'] = t['useful_gflops_per_s_best'] / res['matmul_gflops_per_s']
+  if not a.no_scaling:
+    scan_steps = steps
+    res['train_vs_l'] = [dict(value=l, **time_train(c, scan_steps, inner_steps=l))
+                         for l in c.scan_l]
+    state = make_state(c)
+    res['infer_vs_T'] = [dict(value=t, **time_infer(c, scan_steps, state, num_steps=t))
+                         for t in c.scan_t]
+    res['infer_vs_K'] = [dict(value=k, **time_infer(c, scan_steps, state, num_samples=k))
+                         for k in c.scan_k]
+    if a.out:
+      os.makedirs(a.out, exist_ok=True)
+      res['png'] = os.path.join(a.out, 'bench_scaling.png')
+      plot(res, c, res['png'])
+  peer = None if (a.no_torch or a.smoke) else run_peer(steps)
+  if peer:
+    res['torch'] = peer
+    res['ratio_train'] = res['train']['images_per_s'] / peer['train']['images_per_s']
+    res['ratio_infer'] = res['infer']['images_per_s'] / peer['infer']['images_per_s']
+
+  if a.json:
+    print(json.dumps(res))
+    return res
+  print(f"jax {res['jax']} on {res['devices']}; impl={c.impl}; median of {steps} calls")
+  print(f"f32 matmul {c.matmul_size}^2: best {res['matmul_gflops_per_s']:.0f} GFLOP/s, median "
+        + ' / '.join(f'{m:.0f}' for m in res['matmul_median_gflops_per_s']) + ' (before / after)')
+  print('| | ms/call | images/s | GFLOP/call (XLA) | GFLOP/s | compile s | torch images/s | ratio |')
+  print('|---|---|---|---|---|---|---|---|')
+  for name in ('train', 'infer'):
+    r = res[name]
+    t = f"{peer[name]['images_per_s']:.1f} | {res['ratio_' + name]:.2f}x" if peer else '- | -'
+    print(f"| {name} | {r['median_s'] * 1e3:.1f} | {r['images_per_s']:.1f} | "
+          f"{r['flops'] / 1e9:.2f} | {r['gflops_per_s']:.1f} | {r['compile_s']:.1f} | {t} |")
+  t = res['train']
+  print(f"train: useful (plain-layer) {t['plain_flops'] / 1e9:.2f} GFLOP/step; best step "
+        f"{t['best_s'] * 1e3:.0f} ms -> {t['useful_gflops_per_s_best']:.1f} GFLOP/s = "
+        f"{100 * t['fraction_of_matmul']:.0f}% of the best matmul rate")
+  for name, label in (('train_vs_l', 'l'), ('infer_vs_T', 'T'), ('infer_vs_K', 'K')):
+    if name in res:
+      cells = ', '.join(f"{label}={r['value']}: {r['median_s'] * 1e3:.0f} ms "
+                        f"({r['compile_s']:.1f} s compile)" for r in res[name])
+      print(f'{name}: {cells}')
+  if 'png' in res:
+    print(f"curves: {res['png']}")
+  return res
+
+
+if __name__ == '__main__':
+  main()

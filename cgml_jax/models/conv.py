@@ -1,0 +1,250 @@
+r"""Convolutional H, G and Z for image tasks (paper Sec. 5, Fig. 2).
+
+  H  ConvEncoder     Context-Encoder style: 4x4 stride-2 convs with LeakyReLU(0.2), channels
+                     doubling from `base_channels` (capped at `max_channels`), down to a
+                     `bottleneck_size` x `bottleneck_size` map. h is the tuple of every
+                     block's features, the last one being the bottleneck, so G can use them
+                     as U-Net skips.
+  G  ConvGenerator   the mirror image: z broadcast and concatenated to the bottleneck, 4x4
+                     stride-2 transposed convs with ReLU, each but the last followed by a
+                     concat of the encoder features of that scale; `out_channels` with tanh.
+  Z  ConvLatentNet   an MLP on concat(z, global-average-pool(bottleneck)) -> (r_hat, rho_hat).
+
+All three follow the module contract of `cgml_jax.cgml`. G and Z are spectrally normalised
+(constant `lipschitz`) because cGML needs them Lipschitz in z (see `lipschitz.py`).
+
+The number of blocks follows the image size: an S x S image is zero-padded (centred) to
+the next size of the form bottleneck_size * 2^k and G crops its output back, so 28 x 28
+MNIST runs as 32 x 32 with k = 4. Inputs and outputs are NHWC.
+
+The convolutions are the fast forms of `layers.py` (same function and parameters as the
+plain flax layers).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cgml_jax.models.layers import Conv4x4Down, ConvTranspose4x4Up
+from cgml_jax.models.lipschitz import maybe_spectral_norm
+from cgml_jax.models.mlp import MLP
+
+Z_INJECTIONS = ('bottleneck', 'all')
+_OUT_ACTIVATIONS = {'tanh': jnp.tanh, 'sigmoid': jax.nn.sigmoid, 'none': lambda y: y}
+
+
+def padded_size(image_size: int, bottleneck_size: int = 2) -> tuple[int, int]:
+  """The size an image is padded to, and the number of stride-2 blocks to the bottleneck.
+
+  Args:
+    image_size: S, the side of a square image.
+    bottleneck_size: side of the bottleneck map.
+
+  Returns:
+    (P, k) with P = bottleneck_size * 2^k the smallest such size >= S, k >= 1.
+  """
+  if image_size < 1 or bottleneck_size < 1:
+    raise ValueError(f'image_size and bottleneck_size must be >= 1, got {image_size}, '
+                     f'{bottleneck_size}')
+  k = max(1, math.ceil(math.log2(image_size / bottleneck_size)))
+  return bottleneck_size * 2 ** k, k
+
+
+def _pad_amounts(size: int, bottleneck_size: int) -> tuple[int, int]:
+  total = padded_size(size, bottleneck_size)[0] - size
+  return total // 2, total - total // 2
+
+
+def channel_widths(num_blocks: int, base_channels: int, max_channels: int) -> list[int]:
+  """Encoder widths: base_channels doubling per block, capped at max_channels."""
+  return [min(base_channels * 2 ** i, max_channels) for i in range(num_blocks)]
+
+
+def _broadcast_to_map(z: jax.Array, x: jax.Array) -> jax.Array:
+  """z (B, n) tiled to x's spatial shape: (B, H, W, n)."""
+  return jnp.broadcast_to(z[:, None, None, :], x.shape[:3] + z.shape[-1:])
+
+
+class ConvEncoder(nn.Module):
+  """H: x (B, S, S, C) -> h, the tuple of block features (B, S_i, S_i, C_i), coarsest last.
+
+  Attributes:
+    base_channels: width of the first block; doubles each block.
+    max_channels: cap on the width.
+    bottleneck_size: side of the last feature map.
+    spectral_norm: spectrally normalise every conv (off in the paper's H).
+    lipschitz: constant of the spectral norm.
+    impl: convolution form, see `layers.conv4x4_down`.
+  """
+  base_channels: int = 64
+  max_channels: int = 512
+  bottleneck_size: int = 2
+  spectral_norm: bool = False
+  lipschitz: float = 1.0
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, ...]:
+    """Encodes an image batch.
+
+    Args:
+      x: (B, S, S, C) images, square.
+      train: update spectral-norm statistics.
+
+    Returns:
+      Tuple of k feature maps, the i-th of shape (B, P / 2^(i+1), P / 2^(i+1), C_i) where P
+      is `padded_size(S)`; the last is the bottleneck.
+    """
+    if x.ndim != 4 or x.shape[1] != x.shape[2]:
+      raise ValueError(f'ConvEncoder expects square NHWC images (B, S, S, C), got {x.shape}')
+    lo, hi = _pad_amounts(x.shape[1], self.bottleneck_size)
+    if lo or hi:
+      x = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    _, num_blocks = padded_size(x.shape[1], self.bottleneck_size)
+    feats = []
+    for width in channel_widths(num_blocks, self.base_channels, self.max_channels):
+      conv = Conv4x4Down(width, impl=self.impl)
+      x = nn.leaky_relu(maybe_spectral_norm(conv, self.spectral_norm, self.lipschitz)(
+          x, train=train), 0.2)
+      feats.append(x)
+    return tuple(feats)
+
+
+class ConvGenerator(nn.Module):
+  """G: (h, z) -> y (B, S, S, out_channels), the mirrored U-Net decoder of `ConvEncoder`.
+
+  Attributes:
+    out_channels: channels of y.
+    image_size: S; the output is centre-cropped to S x S (None: no crop, y has the
+      padded size).
+    bottleneck_size: must match the encoder's, for the crop.
+    z_injection: 'bottleneck' concatenates z to the bottleneck only; 'all' also to the
+      input of every later transposed conv.
+    spectral_norm: spectrally normalise every layer (cGML needs G Lipschitz in z).
+    lipschitz: constant of the spectral norm.
+    out_activation: 'tanh', 'sigmoid' or 'none'.
+    impl: convolution form, see `layers.conv4x4_up`.
+  """
+  out_channels: int
+  image_size: int | None = None
+  bottleneck_size: int = 2
+  z_injection: str = 'bottleneck'
+  spectral_norm: bool = True
+  lipschitz: float = 1.0
+  out_activation: str = 'tanh'
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, h: Sequence[jax.Array], z: jax.Array, *, train: bool = False):
+    """Decodes features and a latent.
+
+    Args:
+      h: the encoder's tuple of feature maps, coarsest last.
+      z: (B, n) latents.
+      train: update spectral-norm statistics.
+
+    Returns:
+      y (B, S, S, out_channels).
+    """
+    if self.z_injection not in Z_INJECTIONS:
+      raise ValueError(f'z_injection must be one of {Z_INJECTIONS}, got {self.z_injection!r}')
+    if self.out_activation not in _OUT_ACTIVATIONS:
+      raise ValueError(f'out_activation must be one of {tuple(_OUT_ACTIVATIONS)}, '
+                       f'got {self.out_activation!r}')
+    h = tuple(h)
+    if z.ndim != 2 or z.shape[0] != h[-1].shape[0]:
+      raise ValueError(f'ConvGenerator expects z of shape (B, n) with B = '
+                       f'{h[-1].shape[0]}, got {z.shape}')
+
+    def up(features, x):
+      layer = ConvTranspose4x4Up(features, impl=self.impl)
+      return maybe_spectral_norm(layer, self.spectral_norm, self.lipschitz)(x, train=train)
+
+    x = jnp.concatenate([h[-1], _broadcast_to_map(z, h[-1])], axis=-1)
+    for skip in reversed(h[:-1]):
+      x = nn.relu(up(skip.shape[-1], x))
+      if x.shape != skip.shape:
+        raise ValueError(f'skip feature of shape {skip.shape} does not match decoder '
+                         f'feature {x.shape}')
+      parts = [x, skip]
+      if self.z_injection == 'all':
+        parts.append(_broadcast_to_map(z, x))
+      x = jnp.concatenate(parts, axis=-1)
+    y = _OUT_ACTIVATIONS[self.out_activation](up(self.out_channels, x))
+    if self.image_size is not None and self.image_size != y.shape[1]:
+      lo, _ = _pad_amounts(self.image_size, self.bottleneck_size)
+      y = y[:, lo:lo + self.image_size, lo:lo + self.image_size]
+    return y
+
+
+class ConvLatentNet(nn.Module):
+  """Z: (z, h) -> (r_hat (B, n), rho_hat (B,)), an MLP on concat(z, GAP(bottleneck)).
+
+  Attributes:
+    hidden: widths of the hidden layers.
+    spectral_norm: spectrally normalise every layer.
+    lipschitz: constant of the spectral norm.
+  """
+  hidden: Sequence[int] = (256, 256)
+  spectral_norm: bool = True
+  lipschitz: float = 1.0
+
+  @nn.compact
+  def __call__(self, z: jax.Array, h: Sequence[jax.Array], *, train: bool = False):
+    """Predicts the next latent and the step length.
+
+    Args:
+      z: (B, n) latents.
+      h: the encoder's features; only the last (bottleneck, (B, s, s, C)) is used.
+      train: update spectral-norm statistics.
+
+    Returns:
+      (r_hat (B, n), rho_hat (B,)), rho_hat = softplus(last output) >= 0.
+    """
+    bottleneck = h[-1]
+    if bottleneck.ndim != 4:
+      raise ValueError(f'ConvLatentNet expects an NHWC bottleneck, got {bottleneck.shape}')
+    n = z.shape[-1]
+    pooled = bottleneck.mean(axis=(1, 2))
+    out = MLP(list(self.hidden) + [n + 1], 'relu', self.spectral_norm, self.lipschitz)(
+        jnp.concatenate([z, pooled], axis=-1), train=train)
+    return out[..., :n], jax.nn.softplus(out[..., n])
+
+
+def build_conv_models(image_size: int, in_channels: int, out_channels: int, z_dim: int, *,
+                      base_channels: int = 64, max_channels: int = 512,
+                      bottleneck_size: int = 2, z_injection: str = 'bottleneck',
+                      spectral_norm: bool = True, lipschitz: float = 1.0,
+                      latent_hidden: Sequence[int] = (256, 256),
+                      out_activation: str = 'tanh', impl: str = 'auto'):
+  """H, G, Z for S x S images with `in_channels` -> `out_channels` (Fig. 2 of the paper).
+
+  Args:
+    image_size: S.
+    in_channels: channels of x (e.g. 1 for colorization's L, 4 for completion's RGB+mask).
+    out_channels: channels of y (2 for colorization's ab, 3 for completion).
+    z_dim: n; only checked here, the modules read it from z.
+    base_channels, max_channels, bottleneck_size: encoder widths and depth.
+    z_injection: 'bottleneck' or 'all', see `ConvGenerator`.
+    spectral_norm, lipschitz: for G and Z (H is not normalised, as in the paper).
+    latent_hidden: hidden widths of Z.
+    out_activation: G's output non-linearity.
+    impl: convolution form for H and G, see `layers.py`.
+
+  Returns:
+    (encoder, generator, latent_net).
+  """
+  del in_channels  # H infers it from x; kept so call sites read like the task description
+  if z_dim < 1:
+    raise ValueError(f'z_dim must be >= 1, got {z_dim}')
+  padded_size(image_size, bottleneck_size)  # validates
+  encoder = ConvEncoder(base_channels, max_channels, bottleneck_size, impl=impl)
+  generator = ConvGenerator(out_channels, image_size, bottleneck_size, z_injection,
+                            spectral_norm, lipschitz, out_activation, impl)
+  latent_net = ConvLatentNet(tuple(latent_hidden), spectral_norm, lipschitz)
+  return encoder, generator, latent_net

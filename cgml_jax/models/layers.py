@@ -1,0 +1,205 @@
+r"""Fast forms of the 4x4 stride-2 (transposed) convolutions of the conv H and G.
+
+The paper's conv networks (Context-Encoder / pix2pix style, Sec. 5) are built from two
+layers:
+
+  down:  nn.Conv(features, (4, 4), strides=2, padding=1)            H x W -> H/2 x W/2
+  up:    nn.ConvTranspose(features, (4, 4), strides=2, padding=2)   H x W -> 2H x 2W
+         (flax padding ((2, 2), (2, 2)) is PyTorch's ConvTranspose2d(4, 2, padding=1))
+
+On XLA:CPU both are slow in the places cGML spends its time. A transposed convolution is
+an input-dilated convolution, which XLA:CPU runs on a generic loop (~2-8 GFLOP/s), and the
+backward pass of any stride-2 convolution wrt its input is again such a convolution.
+Convolutions on 2x2 or 4x4 maps are slow as well. cGML's training step differentiates G
+twice per inner step (once wrt z, once wrt its weights), so these dominate.
+
+The layers here compute exactly the same function with stride-1 ops and matmuls, whose
+gradients are stride-1 ops and matmuls too:
+
+  down: pad 1, then every output pixel reads the 4x4 window at (2i, 2j). Gathering those
+    16 strided slices gives an (B*H/2*W/2, 16 C) patch matrix ("im2col"), times the
+    kernel reshaped to (16 C, O). No FLOP is wasted.
+
+  up: output pixel (2i+a, 2j+b) only sees the 2x2 input window starting at (i+a, j+b) of
+    the 1-padded input, through the taps w[2t+a, 2u+b] (t, u in {0, 1}). So one
+    stride-1 2x2 convolution of the padded input to 4*O channels (one block of O per
+    parity (a, b)) evaluated on the (H+1) x (W+1) windows, followed by picking for each
+    parity its shifted window, is the transposed convolution. The only extra work is
+    the one extra row and column of windows, a factor (H+1)(W+1)/(HW).
+
+Both are parametrised by the ORIGINAL 4x4 kernel (same names, shapes, initialisers as
+`nn.Conv` / `nn.ConvTranspose`), so `SpectralNorm` (which flattens the kernel to
+(16 C, O)), checkpoints and initial values are those of the plain layer.
+
+`impl` picks how the stride-1 part runs: 'matmul' (explicit patches and one dot: best on
+tiny maps) or 'conv' (an XLA convolution: best on larger maps), 'auto' chooses by map
+size, 'plain' is the reference flax layer's op, kept for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ('auto', 'matmul', 'conv', 'plain')
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+# Up to this many pixels per map, explicit patches + dot beat XLA:CPU convolutions
+# (measured on the bench shapes: 2x2 and 4x4 maps; see benchmarks/bench.py).
+_MATMUL_MAX_PIXELS = 16
+
+
+def _check_nhwc(x: jax.Array, name: str):
+  if x.ndim != 4:
+    raise ValueError(f'{name} expects NHWC input (B, H, W, C), got shape {x.shape}')
+
+
+def _resolve(impl: str, x: jax.Array) -> str:
+  if impl not in IMPLS:
+    raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+  if impl != 'auto':
+    return impl
+  return 'matmul' if x.shape[1] * x.shape[2] <= _MATMUL_MAX_PIXELS else 'conv'
+
+
+def conv4x4_down(x: jax.Array, kernel: jax.Array, impl: str = 'auto') -> jax.Array:
+  r"""4x4 convolution, stride 2, padding 1, without bias: (B, H, W, C) -> (B, H/2, W/2, O).
+
+  Same function as `lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)))`.
+
+  Args:
+    x: (B, H, W, C) with H, W even.
+    kernel: (4, 4, C, O), HWIO as in `nn.Conv`.
+    impl: 'auto', 'matmul', 'conv' or 'plain' (see module docstring).
+
+  Returns:
+    (B, H/2, W/2, O).
+  """
+  _check_nhwc(x, 'conv4x4_down')
+  b, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f'conv4x4_down needs even height and width, got input shape {x.shape}')
+  if kernel.shape[:3] != (4, 4, c):
+    raise ValueError(f'conv4x4_down needs a (4, 4, {c}, O) kernel for input {x.shape}, '
+                     f'got {kernel.shape}')
+  impl = _resolve(impl, x)
+  o = kernel.shape[-1]
+  if impl == 'plain':
+    return lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_DN)
+  ho, wo = h // 2, w // 2
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  if impl == 'matmul':
+    # Patch (k, l, c) of output (i, j) is xp[2i + k, 2j + l, c]: 16 strided slices, in the
+    # order of kernel.reshape(16 C, O).
+    cols = [lax.slice(xp, (0, k, l, 0), (b, k + 2 * ho - 1, l + 2 * wo - 1, c), (1, 2, 2, 1))
+            for k in range(4) for l in range(4)]
+    patches = jnp.stack(cols, axis=3).reshape(b, ho, wo, 16 * c)
+    return jnp.dot(patches, kernel.reshape(16 * c, o))
+  # 'conv': space-to-depth turns the stride-2 4x4 window into a stride-1 2x2 window of
+  # 2x2 blocks; block (m, n) holds xp[2m + r, 2n + s] at channel (r, s, c).
+  hb, wb = ho + 1, wo + 1
+  s2d = xp.reshape(b, hb, 2, wb, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hb, wb, 4 * c)
+  k2 = kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, o)
+  return lax.conv_general_dilated(s2d, k2, (1, 1), 'VALID', dimension_numbers=_DN)
+
+
+def conv4x4_up(x: jax.Array, kernel: jax.Array, impl: str = 'auto') -> jax.Array:
+  r"""4x4 transposed convolution, stride 2 (PyTorch padding 1): (B, H, W, C) -> (B, 2H, 2W, O).
+
+  Same function as `lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)))`, i.e.
+  `nn.ConvTranspose(O, (4, 4), (2, 2), padding=((2, 2), (2, 2)))` without bias.
+
+  Args:
+    x: (B, H, W, C).
+    kernel: (4, 4, C, O), as in `nn.ConvTranspose` (transpose_kernel=False).
+    impl: 'auto', 'matmul', 'conv' or 'plain' (see module docstring).
+
+  Returns:
+    (B, 2H, 2W, O).
+  """
+  _check_nhwc(x, 'conv4x4_up')
+  b, h, w, c = x.shape
+  if kernel.shape[:3] != (4, 4, c):
+    raise ValueError(f'conv4x4_up needs a (4, 4, {c}, O) kernel for input {x.shape}, '
+                     f'got {kernel.shape}')
+  impl = _resolve(impl, x)
+  o = kernel.shape[-1]
+  if impl == 'plain':
+    return lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN)
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # Tap (t, u) of parity (a, b) is kernel[2t + a, 2u + b]: regroup the 4x4 kernel into a
+  # 2x2 kernel with output channels (a, b, o).
+  k2 = kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
+  if impl == 'matmul':
+    patches = jnp.concatenate(
+        [xp[:, t:t + h + 1, u:u + w + 1] for t in range(2) for u in range(2)], axis=-1)
+    r = jnp.dot(patches, k2.reshape(4 * c, 4 * o))
+  else:
+    r = lax.conv_general_dilated(xp, k2.reshape(2, 2, c, 4 * o), (1, 1), 'VALID',
+                                 dimension_numbers=_DN)
+  r = r.reshape(b, h + 1, w + 1, 2, 2, o)
+  # Output (2i + a, 2j + b) is window (i + a, j + b), channel block (a, b).
+  y = jnp.stack([jnp.stack([r[:, a:a + h, p:p + w, a, p] for p in range(2)], axis=3)
+                 for a in range(2)], axis=2)  # (B, H, 2, W, 2, O)
+  return y.reshape(b, 2 * h, 2 * w, o)
+
+
+class _Conv4x4(nn.Module):
+  """Shared parameters of the two layers: a (4, 4, C, O) kernel and an (O,) bias."""
+  features: int
+  use_bias: bool = True
+  impl: str = 'auto'
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  param_dtype: Any = jnp.float32
+
+  def _params(self, x):
+    _check_nhwc(x, type(self).__name__)
+    # Created in nn.Conv's order and with its names and shapes, so the same key gives the
+    # same initial values and SpectralNorm treats the kernel the same way.
+    kernel = self.param('kernel', self.kernel_init, (4, 4, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,),
+                      self.param_dtype) if self.use_bias else None
+    return kernel, bias
+
+
+class Conv4x4Down(_Conv4x4):
+  """Drop-in for `nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))`.
+
+  Attributes:
+    features: output channels O.
+    use_bias: add a bias of shape (O,).
+    impl: see `conv4x4_down`.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H/2, W/2, O); H and W must be even."""
+    kernel, bias = self._params(x)
+    y = conv4x4_down(x, kernel.astype(x.dtype), self.impl)
+    return y if bias is None else y + bias.astype(x.dtype)
+
+
+class ConvTranspose4x4Up(_Conv4x4):
+  """Drop-in for `nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))`.
+
+  That is PyTorch's `ConvTranspose2d(C, O, 4, stride=2, padding=1)` up to the kernel
+  layout (flax does not flip the kernel).
+
+  Attributes:
+    features: output channels O.
+    use_bias: add a bias of shape (O,).
+    impl: see `conv4x4_up`.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, 2H, 2W, O)."""
+    kernel, bias = self._params(x)
+    y = conv4x4_up(x, kernel.astype(x.dtype), self.impl)
+    return y if bias is None else y + bias.astype(x.dtype)

@@ -1,0 +1,107 @@
+"""Shapes and behaviour of the conv H, G, Z (build_conv_models)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cgml_jax.models.conv import (ConvEncoder, ConvGenerator, build_conv_models,
+                                  padded_size)
+
+B, Z_DIM = 2, 3
+SMALL = dict(base_channels=4, max_channels=16, latent_hidden=(8,))
+
+
+def _init_and_shapes(image_size, c_in, c_out, **kw):
+  """Output shapes of H, G, Z for an S x S batch (abstract evaluation: no compilation)."""
+  enc, gen, lat = build_conv_models(image_size, c_in, c_out, Z_DIM, **SMALL, **kw)
+  x = jax.ShapeDtypeStruct((B, image_size, image_size, c_in), jnp.float32)
+  z = jax.ShapeDtypeStruct((B, Z_DIM), jnp.float32)
+  key = jax.random.key(0)
+
+  def run(x, z):
+    ve = enc.init(key, x)
+    h = enc.apply(ve, x)
+    vg = gen.init(key, h, z)
+    vl = lat.init(key, z, h)
+    return h, gen.apply(vg, h, z), lat.apply(vl, z, h), vg
+
+  return jax.eval_shape(run, x, z)
+
+
+@pytest.mark.parametrize('image_size,blocks', [(28, 4), (32, 4), (64, 5), (128, 6)])
+@pytest.mark.parametrize('c_in,c_out', [(1, 2), (4, 3)])  # colorization, completion
+def test_shapes(image_size, blocks, c_in, c_out):
+  h, y, (r_hat, rho_hat), _ = _init_and_shapes(image_size, c_in, c_out)
+  p, k = padded_size(image_size)
+  assert (p, k) == (2 ** (blocks + 1), blocks)
+  assert [f.shape for f in h] == [
+      (B, p >> (i + 1), p >> (i + 1), min(4 * 2 ** i, 16)) for i in range(blocks)]
+  assert y.shape == (B, image_size, image_size, c_out)
+  assert r_hat.shape == (B, Z_DIM) and rho_hat.shape == (B,)
+
+
+def test_bottleneck_size_and_z_injection():
+  h, y, _, vg = _init_and_shapes(32, 1, 2, bottleneck_size=4, z_injection='all')
+  assert h[-1].shape[1:3] == (4, 4) and len(h) == 3
+  assert y.shape == (B, 32, 32, 2)
+  # With 'all', every transposed conv after the first also reads z (Z_DIM more channels).
+  kernels = [vg['params'][f'ConvTranspose4x4Up_{i}']['kernel'].shape
+             for i in range(3)]
+  assert kernels[1][2] == 2 * 8 + Z_DIM and kernels[2][2] == 2 * 4 + Z_DIM
+
+
+def test_28_is_padded_to_32_and_cropped_back():
+  enc, gen, _ = build_conv_models(28, 1, 2, Z_DIM, **SMALL)
+  key = jax.random.key(0)
+  x = jax.random.normal(key, (B, 28, 28, 1))
+  z = jax.random.normal(key, (B, Z_DIM))
+
+  @jax.jit
+  def run(x, z):
+    ve = enc.init(key, x)
+    h = enc.apply(ve, x)
+    h32 = enc.apply(ve, jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))))
+    g32 = ConvGenerator(2, image_size=None)  # same layers, no crop
+    vg = gen.init(key, h, z)
+    return h, h32, gen.apply(vg, h, z), g32.apply(vg, h, z)
+
+  h, h32, y, y32 = run(x, z)
+  for a, b in zip(h, h32):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  assert y32.shape == (B, 32, 32, 2)
+  np.testing.assert_allclose(y, y32[:, 2:30, 2:30], atol=1e-6)
+
+
+def test_fast_layers_are_the_default_and_match_plain():
+  key = jax.random.key(1)
+  x = jax.random.normal(key, (B, 8, 8, 1))
+  z = jax.random.normal(key, (B, Z_DIM))
+  assert ConvEncoder().impl == 'auto' and ConvGenerator(2).impl == 'auto'
+
+  @jax.jit
+  def run(x, z):
+    outs = []
+    for impl in ('auto', 'plain'):
+      enc, gen, _ = build_conv_models(8, 1, 2, Z_DIM, impl=impl, **SMALL)
+      ve = enc.init(key, x)  # same key: same weights for both forms
+      vg = gen.init(key, enc.apply(ve, x), z)
+
+      def loss(ve, vg, z):
+        return jnp.sum(jnp.sin(gen.apply(vg, enc.apply(ve, x), z)))
+
+      outs.append(jax.value_and_grad(loss, argnums=(0, 1, 2))(ve, vg, z))
+    return outs
+
+  fast, plain = run(x, z)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_errors_name_the_shape():
+  enc = ConvEncoder(4, 8)
+  with pytest.raises(ValueError, match=r'\(2, 8, 6, 1\)'):
+    enc.init(jax.random.key(0), jnp.ones((2, 8, 6, 1)))
+  with pytest.raises(ValueError, match='z_injection'):
+    build_conv_models(8, 1, 2, Z_DIM, z_injection='none', **SMALL)[1].init(
+        jax.random.key(0), (jnp.ones((2, 4, 4, 4)), jnp.ones((2, 2, 2, 8))), jnp.ones((2, 3)))

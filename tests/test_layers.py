@@ -1,0 +1,115 @@
+"""The fast 4x4 layers compute the plain flax layers' function, values and gradients."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cgml_jax.models.layers import Conv4x4Down, ConvTranspose4x4Up, conv4x4_down, conv4x4_up
+from cgml_jax.models.lipschitz import SpectralNorm
+
+TOL = 1e-5
+
+
+def plain_down(features):
+  return nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def plain_up(features):
+  return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))
+
+
+PAIRS = {'down': (plain_down, Conv4x4Down), 'up': (plain_up, ConvTranspose4x4Up)}
+# (B, H, W, C, O): tiny maps (matmul path under 'auto'), larger ones (conv path), non-square.
+SHAPES = [(2, 2, 2, 5, 3), (2, 4, 4, 3, 4), (2, 6, 4, 3, 2)]
+
+
+@jax.jit
+def _random_like(key, tree):
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return treedef.unflatten([jax.random.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)])
+
+
+def _assert_close(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize('kind', ['down', 'up'])
+@pytest.mark.parametrize('impl', ['matmul', 'conv'])  # 'auto' picks one of these
+@pytest.mark.parametrize('shape', SHAPES)
+def test_matches_plain_layer(kind, impl, shape):
+  b, h, w, c, o = shape
+  plain_cls, fast_cls = PAIRS[kind]
+  plain, fast = plain_cls(o), fast_cls(o, impl=impl)
+  kx, kp, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (b, h, w, c))
+  v_plain = jax.jit(plain.init)(kp, x)
+  v_fast = jax.jit(fast.init)(kp, x)
+  # Same names, shapes and initial values: SpectralNorm and checkpoints see no difference.
+  _assert_close(v_plain, v_fast)
+  assert jax.tree.structure(v_plain) == jax.tree.structure(v_fast)
+  # Random (not initial) weights, so zero biases cannot hide a bias bug.
+  v = _random_like(kp, v_plain)
+  cot = jax.random.normal(kg, jax.eval_shape(plain.apply, v, x).shape)
+
+  # One compilation per module instead of one per eager op.
+  @functools.partial(jax.jit, static_argnums=2)
+  def value_and_grads(v, x, fast_layer: bool):
+    module = fast if fast_layer else plain
+    y, vjp = jax.vjp(module.apply, v, x)
+    return y, vjp(cot)
+
+  y_plain, g_plain = value_and_grads(v, x, False)
+  y_fast, g_fast = value_and_grads(v, x, True)
+  assert y_fast.shape == y_plain.shape
+  _assert_close(y_plain, y_fast)
+  _assert_close(g_plain, g_fast)
+
+
+@pytest.mark.parametrize('kind', ['down', 'up'])
+@pytest.mark.parametrize('impl', ['matmul', 'conv'])
+def test_matches_plain_layer_under_spectral_norm(kind, impl):
+  plain_cls, fast_cls = PAIRS[kind]
+  plain = SpectralNorm(plain_cls(4), lipschitz=2.0)
+  fast = SpectralNorm(fast_cls(4, impl=impl), lipschitz=2.0)
+  kx, kp, kg = jax.random.split(jax.random.key(1), 3)
+  x = jax.random.normal(kx, (2, 4, 4, 3))
+  v = jax.jit(lambda k, x: plain.init(k, x, update_stats=False))(kp, x)
+  v = {'params': _random_like(kp, v['params']), 'batch_stats': v['batch_stats']}
+  assert jax.tree.structure(jax.eval_shape(
+      lambda k, x: fast.init(k, x, update_stats=False), kp, x)) == jax.tree.structure(v)
+
+  def loss(module, params, x):
+    y, stats = module.apply({'params': params, 'batch_stats': v['batch_stats']}, x,
+                            update_stats=True, mutable=['batch_stats'])
+    return jnp.sum(y * jax.random.normal(kg, y.shape)), stats
+
+  run = jax.jit(lambda m, p, x: jax.value_and_grad(lambda p, x: loss(m, p, x), argnums=(0, 1),
+                                                    has_aux=True)(p, x), static_argnums=0)
+  (l_p, s_p), g_p = run(plain, v['params'], x)
+  (l_f, s_f), g_f = run(fast, v['params'], x)
+  _assert_close(l_p, l_f)
+  _assert_close(s_p, s_f)  # power-iteration updates
+  _assert_close(g_p, g_f)
+
+
+def test_up_is_pytorch_conv_transpose_shape():
+  # PyTorch ConvTranspose2d(4, stride 2, padding 1) doubles the size.
+  y = conv4x4_up(jnp.ones((1, 3, 5, 2)), jnp.ones((4, 4, 2, 7)))
+  assert y.shape == (1, 6, 10, 7)
+
+
+def test_shape_errors_name_the_shape():
+  with pytest.raises(ValueError, match=r'\(1, 5, 4, 2\)'):
+    conv4x4_down(jnp.ones((1, 5, 4, 2)), jnp.ones((4, 4, 2, 3)))
+  with pytest.raises(ValueError, match=r'\(4, 4, 3, 3\)'):
+    conv4x4_up(jnp.ones((1, 4, 4, 2)), jnp.ones((4, 4, 3, 3)))
+  with pytest.raises(ValueError, match=r'\(4, 4, 2\)'):
+    Conv4x4Down(3).init(jax.random.key(0), jnp.ones((4, 4, 2)))
+  with pytest.raises(ValueError, match='impl'):
+    conv4x4_up(jnp.ones((1, 4, 4, 2)), jnp.ones((4, 4, 2, 3)), impl='fft')
