@@ -9,6 +9,11 @@ import ml_collections
 # task name -> module with `train_and_evaluate(config, workdir) -> dict`.
 TASKS = {
     'toy': 'cgml_jax.tasks.toy',
+    'colorize': 'cgml_jax.tasks.colorize',
+    'complete': 'cgml_jax.tasks.complete',
+    'translate': 'cgml_jax.tasks.translate',
+    'mnist_corrupted': 'cgml_jax.tasks.mnist_corrupted',
+    'spectral3d': 'cgml_jax.tasks.spectral3d',
 }
 
 

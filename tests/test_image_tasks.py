@@ -1,0 +1,111 @@
+"""Image tasks: grids, masks and scores on hand-made arrays, and every task's smoke config
+end to end through the real entry point (`cgml_jax.train.train_and_evaluate`)."""
+
+import importlib
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from cgml_jax import train, viz
+from cgml_jax.data import transforms
+from cgml_jax.tasks import colorize, complete, image, mnist_corrupted
+from experiments import mnist_corrupted as mnist_config
+
+
+def test_grid_layout_and_blank_cells():
+  a = np.full((4, 5, 1), -1.0, np.float32)   # black, grey channel
+  b = np.ones((4, 5, 3), np.float32)         # white RGB
+  g = viz.grid([[a, b], [None, a]], pad=1)
+  assert g.shape == (2 * 5 + 1, 2 * 6 + 1, 3) and g.dtype == np.uint8
+  assert (g[1:5, 1:6] == 0).all() and (g[1:5, 7:12] == 255).all()
+  assert (g[6:10, 1:6] == 255).all()         # blank cell = background
+
+
+def test_samples_grid_has_input_truth_and_every_sample():
+  n, k = 3, 4
+  x = np.zeros((n, 6, 6, 3), np.float32)
+  cols = {'l1': np.zeros((n, 1, 6, 6, 3)), 'cgml': np.zeros((n, k, 6, 6, 3))}
+  g = viz.samples_grid(x, x, cols)
+  assert g.shape == (n * 8 + 2, (2 + 1 + k) * 8 + 2, 3)
+
+
+def test_summarize_best_of_k_direction():
+  s = image.summarize({'psnr': np.array([[10., 20.], [30., 5.]]),
+                       'E': np.array([[0.5, 0.1], [0.2, 0.9]]),
+                       'pixel_diversity': np.array([0.1, 0.3])})
+  assert s['psnr_best'] == 25.0 and s['psnr_mean'] == 16.25
+  assert math.isclose(s['E_best'], 0.15) and math.isclose(s['pixel_diversity'], 0.2)
+
+
+def test_completion_composite_keeps_observed_pixels():
+  y = np.linspace(-1, 1, 2 * 8 * 8 * 3, dtype=np.float32).reshape(2, 8, 8, 3)
+  mask = np.zeros((2, 8, 8, 1), np.float32)
+  mask[:, 2:5, 3:6] = 1
+  x = np.concatenate([y * (1 - mask), mask], -1)
+  out = np.asarray(complete.to_image(x, np.full_like(y, 0.5)))
+  np.testing.assert_allclose(out[mask[..., 0] == 0], y[mask[..., 0] == 0])
+  assert (out[mask[..., 0] == 1] == 0.5).all()
+
+
+def test_completion_eval_masks_have_the_table3_areas():
+  c = importlib.import_module('experiments.complete').get_config()
+  rng = np.random.default_rng(0)
+  for name, frac in (('area10', 0.10), ('area15', 0.15), ('area25', 0.25), ('center', 0.25)):
+    m = complete.mask_fn(c, name)(rng, 64, 64)
+    assert abs(m.mean() - frac) < 0.01, name
+  with pytest.raises(ValueError, match='unknown completion protocol'):
+    complete.mask_fn(c, 'bogus')
+
+
+def test_colorization_round_trip_through_rgb():
+  rng = np.random.default_rng(0)
+  img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  ex = transforms.colorization()({'image': img}, rng)
+  rgb = np.asarray(colorize.to_image(ex['x'][None], ex['y'][None]))[0]
+  np.testing.assert_allclose((rgb + 1) * 127.5, img, atol=1.0)
+
+
+def test_mnist_hole_box_and_corruptions():
+  c = mnist_config.get_config('box')
+  c.data.box_rate = 1.0
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    m = mnist_corrupted.hole(rng, c)
+    assert m[mnist_corrupted.HALF:].sum() == 0                   # top half only
+    side_h, side_w = m[..., 0].any(1).sum(), m[..., 0].any(0).sum()
+    assert c.data.mask_min <= min(side_h, side_w) and max(side_h, side_w) <= c.data.mask_max
+    b = mnist_corrupted.box_in(m, c.data.box_size)
+    assert b.sum() == c.data.box_size ** 2 and (b <= m).all()     # box inside the hole
+  digit = {'image': np.zeros((28, 28, 1), np.uint8)}
+  ex = mnist_corrupted.make_transform(c, None, None)(digit, np.random.default_rng(1))
+  assert ex['x'].shape == (28, 28, 2) and (ex['x'][..., 0][ex['mask'][..., 0] == 1] == 0).all()
+  assert (ex['y'][ex['box'][..., 0] == 1] == 1).all()              # white box in y only
+  test = mnist_corrupted.make_transform(c, 'test', None)(digit, np.random.default_rng(1))
+  assert (test['y'] == -1).all()                                   # test targets are clean
+  c2 = mnist_config.get_config()
+  c2.data.overlap_rate = 1.0
+  other = np.full((1, 28, 28, 1), 255, np.uint8)
+  ex = mnist_corrupted.make_transform(c2, None, other)(digit, np.random.default_rng(2))
+  assert (ex['y'][:14] == 1).all() and (ex['y'][14:] == -1).all()
+
+
+@pytest.mark.parametrize('name', ['colorize', 'complete', 'translate', 'mnist_corrupted'])
+def test_smoke_config_end_to_end(name, tmp_path):
+  config = importlib.import_module(f'experiments.{name}').get_config('smoke')
+  out = train.train_and_evaluate(config, str(tmp_path))
+  files = set(os.listdir(tmp_path))
+  assert {'metrics.json', 'metrics.md', 'trajectory.png'} <= files
+  assert all(f'samples_{p}.png' in files for p in out['eval'])
+  metrics = json.load(open(tmp_path / 'metrics.json'))
+  for protocol, per_method in metrics['eval'].items():
+    assert set(per_method) == {'l1', 'cgml'}
+    for m in per_method.values():
+      assert np.isfinite([m['psnr_best'], m['E_best'], m['pixel_diversity']]).all()
+    assert per_method['l1']['pixel_diversity'] == 0.0
+  assert '| cgml |' in open(tmp_path / 'metrics.md').read()
+  if name == 'mnist_corrupted':
+    assert set(metrics['task_metrics']) == {'l1', 'cgml'}
+    assert 'clean_sample_rate' in metrics['task_metrics']['cgml']
