@@ -1,0 +1,30 @@
+"""cGML vs. its peers on corrupted-MNIST recovery (paper Sec. 5.1), equal step budgets:
+
+  python -m experiments.compare --config=experiments/compare_mnist.py --workdir=runs/cmp_mnist
+  python -m experiments.compare --config=experiments/compare_mnist.py:box --workdir=runs/cmp_box
+  python -m experiments.compare --config=experiments/compare_mnist.py:smoke --workdir=/tmp/cs
+
+The task part is experiments/mnist_corrupted.py (same arguments: overlap, box, smoke); this
+adds the peers' fields (cgml_jax.compare.add_compare_fields) and the method list.
+"""
+
+import ml_collections
+
+from cgml_jax import compare
+from experiments import mnist_corrupted
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = compare.add_compare_fields(mnist_corrupted.get_config(arg))
+  c.methods = ('l1', 'cgml', 'context_encoder', 'pix2pix', 'basisgan', 'mrgan')
+  c.compare.target_error = 0.25  # hole L1 in [-1, 1] units, best of curve_samples
+  c.compare.curve_every = 50
+  if arg and 'smoke' in arg.split(','):
+    c.methods = ('l1', 'cgml', 'mrgan')  # pix2pix: in compare_facades.py's smoke
+    c.gan.disc_features = 8
+    c.mrgan.num_samples = 2
+    c.mrgan.predictor_steps = 2
+    c.compare.probe_size = 4
+    c.compare.curve_samples = 2
+    c.compare.curve_every = 2
+  return c
