@@ -52,7 +52,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, checkpoint, loop, parallel, viz, writers
+from cgml_jax import cgml, checkpoint, loop, parallel, viz
+from cgml_jax import workdir as workdir_lib
 from cgml_jax.peers import basisgan as basis_lib
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import methods as peers
@@ -383,11 +384,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str) -> dict:
   task = get_task(config)
   for m in config.methods:
     parse_method(m)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint.check_workdir_config(workdir, config,
-                                  allow_mismatch=config.checkpoint.allow_config_mismatch)
-  writer = writers.create_writer(os.path.join(workdir, 'logs'),
-                                 tensorboard=config.logging.tensorboard)
+  writer = workdir_lib.prepare(config, workdir)
   t_start = time.perf_counter()
   key = jax.random.key(config.seed)
   k_models, k_train, k_eval = jax.random.split(key, 3)

@@ -48,7 +48,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import checkpoint, cgml, loop, optim, parallel, regression, viz, writers
+from cgml_jax import checkpoint, cgml, loop, optim, parallel, regression, viz
+from cgml_jax import workdir as workdir_lib
 from cgml_jax import data as data_lib
 from cgml_jax.metrics import image as image_metrics
 from cgml_jax.models.conv import build_conv_models
@@ -579,14 +580,7 @@ def run(task: ImageTask, config: ml_collections.ConfigDict, workdir: str) -> dic
   for m in config.methods:
     if m not in METHODS:
       raise ValueError(f'unknown method {m!r} in config.methods; expected some of {METHODS}')
-  d = config.distributed
-  parallel.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
-                                  d.process_id if d.process_id >= 0 else None)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint.check_workdir_config(workdir, config,
-                                  allow_mismatch=config.checkpoint.allow_config_mismatch)
-  writer = writers.create_writer(os.path.join(workdir, 'logs'),
-                                 tensorboard=config.logging.tensorboard)
+  writer = workdir_lib.prepare(config, workdir)
   t_start = time.perf_counter()
   key = jax.random.key(config.seed)
   k_models, k_eval, k_traj, k_task = jax.random.split(key, 4)

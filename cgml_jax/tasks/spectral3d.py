@@ -67,7 +67,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from cgml_jax import checkpoint, cgml, loop, optim, parallel, regression, writers
+from cgml_jax import checkpoint, cgml, loop, optim, parallel, regression
+from cgml_jax import workdir as workdir_lib
 from cgml_jax import spectral3d as s3d
 from cgml_jax.losses import masked_l1
 from cgml_jax.models.conv import build_conv_models
@@ -570,11 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if m not in METHODS:
       raise ValueError(f'unknown spectral3d method {m!r} in config.methods; expected {METHODS}')
   t_start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint.check_workdir_config(workdir, config,
-                                  allow_mismatch=config.checkpoint.allow_config_mismatch)
-  writer = writers.create_writer(os.path.join(workdir, 'logs'),
-                                 tensorboard=config.logging.tensorboard)
+  writer = workdir_lib.prepare(config, workdir)
   l_max = config.data.l_max
   data = load_data(config, workdir)
   norm = Normalizer(data['train']['sh'])

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import checkpoint, cgml, loop, optim, parallel, regression, writers
+from cgml_jax import checkpoint, cgml, loop, optim, parallel, regression
+from cgml_jax import workdir as workdir_lib
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
 
 METHODS = ('l1', 'cgml_no_rho', 'cgml')
@@ -296,14 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for m in config.methods:
     if m not in METHODS:
       raise ValueError(f'unknown toy method {m!r} in config.methods; expected some of {METHODS}')
-  d = config.distributed
-  parallel.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
-                                  d.process_id if d.process_id >= 0 else None)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint.check_workdir_config(workdir, config,
-                                  allow_mismatch=config.checkpoint.allow_config_mismatch)
-  writer = writers.create_writer(os.path.join(workdir, 'logs'),
-                                 tensorboard=config.logging.tensorboard)
+  writer = workdir_lib.prepare(config, workdir)
   key = jax.random.key(config.seed)
   k_train, k_test, k_models, k_eval = jax.random.split(key, 4)
   data = make_dataset(k_train, config.data.num_train, modes)
