@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 
 import ml_collections
 
-from cgml_jax import checkpoint, parallel, writers
+from cgml_jax import checkpoint, loop, parallel, writers
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str):
@@ -27,3 +28,27 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
                                   allow_mismatch=config.checkpoint.allow_config_mismatch)
   return writers.create_writer(os.path.join(workdir, 'logs'),
                                tensorboard=config.logging.tensorboard)
+
+
+def fit_method(state, step_fn, batches, config: ml_collections.ConfigDict, workdir: str | None,
+               method: str, name: str, key, *, schedule, writer=None, mesh=None):
+  """`loop.fit` for `config.train.steps` with checkpoints in `workdir/checkpoints/<method>`.
+
+  Returns:
+    (state gathered to the host, metric history, wall seconds).
+  """
+  ckpt = None
+  if workdir is not None:
+    c = config.checkpoint
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints', method), every=c.every,
+                                   keep=c.keep, async_save=c.async_save)
+  t0 = time.perf_counter()
+  try:
+    state, history = loop.fit(state, step_fn, batches, num_steps=config.train.steps, key=key,
+                              log_every=config.train.log_every, name=name,
+                              extra_metrics=lambda s: {'lr': schedule(s.step)},
+                              checkpointer=ckpt, writer=writer, mesh=mesh)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+  return parallel.to_local(state), history, time.perf_counter() - t0

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import checkpoint, cgml, loop, optim, parallel, regression, viz
+from cgml_jax import cgml, optim, parallel, regression, viz
 from cgml_jax import workdir as workdir_lib
 from cgml_jax import data as data_lib
 from cgml_jax.metrics import image as image_metrics
@@ -338,22 +338,8 @@ def train_method(method: str, task: ImageTask, config, key, workdir: str | None 
   batches = _Numeric(train_iterator(task, config))
   first = next(train_iterator(task, config))
   state, step_fn, sched = create_state(method, task, config, first['x'], k_init)
-  ckpt = None
-  if workdir is not None:
-    c = config.checkpoint
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints', method), every=c.every,
-                                   keep=c.keep, async_save=c.async_save)
-  t0 = time.perf_counter()
-  try:
-    state, history = loop.fit(state, step_fn, batches, num_steps=config.train.steps,
-                              key=k_train, log_every=config.train.log_every,
-                              name=f'{task.name}/{method}',
-                              extra_metrics=lambda s: {'lr': sched(s.step)},
-                              checkpointer=ckpt, writer=writer)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
-  return parallel.to_local(state), history, time.perf_counter() - t0
+  return workdir_lib.fit_method(state, step_fn, batches, config, workdir, method,
+                                f'{task.name}/{method}', k_train, schedule=sched, writer=writer)
 
 
 # ---------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cgml_jax import checkpoint, cgml, loop, optim, parallel, regression
+from cgml_jax import cgml, optim, parallel, regression
 from cgml_jax import workdir as workdir_lib
 from cgml_jax import spectral3d as s3d
 from cgml_jax.losses import masked_l1
@@ -300,22 +300,9 @@ def train_method(method: str, config, y_train: np.ndarray, key: jax.Array,
   state, base_step, sched = create_state(method, config, x0, y0, k_init)
   data = {'x': y_train, 'y': y_train, 'index': np.arange(len(y_train))}
   batches = BatchIterator(data, bs, config.seed, jax.process_index(), jax.process_count())
-  ckpt = None
-  if workdir is not None:
-    c = config.checkpoint
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints', method), every=c.every,
-                                   keep=c.keep, async_save=c.async_save)
-  t0 = time.perf_counter()
-  try:
-    state, history = loop.fit(state, corrupting_step(base_step, l_max, config), batches,
-                              num_steps=config.train.steps, key=k_train,
-                              log_every=config.train.log_every, name=f'spectral3d/{method}',
-                              extra_metrics=lambda s: {'lr': sched(s.step)},
-                              checkpointer=ckpt, writer=writer)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
-  return parallel.to_local(state), history, time.perf_counter() - t0
+  return workdir_lib.fit_method(state, corrupting_step(base_step, l_max, config), batches,
+                                config, workdir, method, f'spectral3d/{method}', k_train,
+                                schedule=sched, writer=writer)
 
 
 # ---------------------------------------------------------------------------------------

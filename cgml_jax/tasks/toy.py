@@ -16,14 +16,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import checkpoint, cgml, loop, optim, parallel, regression
+from cgml_jax import cgml, optim, parallel, regression
 from cgml_jax import workdir as workdir_lib
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
 
@@ -176,21 +175,9 @@ def train_method(method: str, config, data: dict, key: jax.Array, workdir: str |
   parallel.process_batch_size(config.data.batch_size, mesh)  # fails early if uneven
   batches = BatchIterator(data, config.data.batch_size, config.seed,
                           jax.process_index(), jax.process_count())
-  ckpt = None
-  if workdir is not None:
-    c = config.checkpoint
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints', method), every=c.every,
-                                   keep=c.keep, async_save=c.async_save)
-  t0 = time.perf_counter()
-  try:
-    state, history = loop.fit(state, step_fn, batches, num_steps=config.train.steps,
-                              key=k_train, log_every=config.train.log_every,
-                              name=f'toy/{method}', extra_metrics=lambda s: {'lr': sched(s.step)},
-                              checkpointer=ckpt, writer=writer, mesh=mesh)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
-  return parallel.to_local(state), history, time.perf_counter() - t0
+  return workdir_lib.fit_method(state, step_fn, batches, config, workdir, method,
+                                f'toy/{method}', k_train, schedule=sched, writer=writer,
+                                mesh=mesh)
 
 
 def sample_method(method: str, state, x: np.ndarray, key: jax.Array, config):
