@@ -65,7 +65,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from cgml_jax import cgml, optim, parallel, regression
 from cgml_jax import workdir as workdir_lib
@@ -74,6 +73,7 @@ from cgml_jax.losses import masked_l1
 from cgml_jax.models.conv import build_conv_models
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import methods as peers
+from cgml_jax.probe import linear_probe
 from cgml_jax.tasks.toy import BatchIterator
 
 METHODS = ('l1', 'cgml', 'context_encoder')
@@ -421,70 +421,6 @@ def reconstruction_map(query: np.ndarray, gallery: np.ndarray, labels: np.ndarra
   relevant = labels[:, None] == labels[None]
   relevant[np.arange(n), np.arange(n)] = False
   return float(average_precision(dist, relevant).mean())
-
-
-# ---------------------------------------------------------------------------------------
-# Linear probe: multinomial logistic regression with L2, full-batch L-BFGS.
-
-
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _fit_logreg(x, y, weight, l2, num_classes: int, steps: int):
-  """argmin_W,b  sum_i w_i CE_i / sum_i w_i + l2 ||W||^2 by `steps` L-BFGS iterations.
-
-  Rows with weight 0 (held out) do not count; weights instead of a row subset keep one
-  compilation per feature dimension.
-  """
-  params = (jnp.zeros((x.shape[1], num_classes), x.dtype), jnp.zeros((num_classes,), x.dtype))
-
-  def loss(p):
-    logits = x @ p[0] + p[1]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return jnp.sum(weight * ce) / jnp.sum(weight) + l2 * jnp.sum(jnp.square(p[0]))
-
-  opt = optax.lbfgs()
-  value_and_grad = optax.value_and_grad_from_state(loss)
-
-  def body(carry, _):
-    p, s = carry
-    v, g = value_and_grad(p, state=s)
-    u, s = opt.update(g, s, p, value=v, grad=g, value_fn=loss)
-    return (optax.apply_updates(p, u), s), v
-
-  (params, _), _ = jax.lax.scan(body, (params, opt.init(params)), length=steps)
-  return params
-
-
-def _accuracy(params, x, y) -> float:
-  return float(np.mean(np.argmax(x @ np.asarray(params[0]) + np.asarray(params[1]), 1) == y))
-
-
-def linear_probe(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray,
-                 y_test: np.ndarray, config) -> dict[str, float]:
-  """Test accuracy of a linear classifier on standardised features (L2 picked on a split).
-
-  The L2 weight (on mean cross-entropy + l2 ||W||^2) is the one of `probe.l2_grid` with the
-  best accuracy on a seeded `probe.val_frac` of the training set; the classifier is then
-  refitted on the whole training set.
-  """
-  p = config.probe
-  mu, sd = f_train.mean(0), f_train.std(0) + 1e-6
-  xtr = ((f_train - mu) / sd).astype(np.float32)
-  xte = ((f_test - mu) / sd).astype(np.float32)
-  k = int(max(y_train.max(), y_test.max()) + 1)
-  perm = np.random.default_rng(config.seed).permutation(len(xtr))
-  n_val = max(1, int(p.val_frac * len(xtr)))
-  val = perm[:n_val]
-  w_fit = np.ones(len(xtr), np.float32)
-  w_fit[val] = 0.0
-  xj, yj = jnp.asarray(xtr), jnp.asarray(y_train)
-  val_acc = {}
-  for l2 in p.l2_grid:
-    params = _fit_logreg(xj, yj, jnp.asarray(w_fit), l2, k, p.steps)
-    val_acc[l2] = _accuracy(params, xtr[val], y_train[val])
-  best = max(p.l2_grid, key=lambda l2: (val_acc[l2], l2))
-  params = _fit_logreg(xj, yj, jnp.ones(len(xtr), jnp.float32), best, k, p.steps)
-  return {'test_acc': _accuracy(params, xte, y_test), 'train_acc': _accuracy(params, xtr, y_train),
-          'val_acc': val_acc[best], 'l2': float(best), 'dim': int(xtr.shape[1])}
 
 
 # ---------------------------------------------------------------------------------------
