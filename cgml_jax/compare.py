@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -53,6 +54,7 @@ import ml_collections
 import numpy as np
 
 from cgml_jax import cgml, checkpoint, loop, parallel, viz
+from cgml_jax import probe as probe_lib
 from cgml_jax import workdir as workdir_lib
 from cgml_jax.peers import basisgan as basis_lib
 from cgml_jax.peers import gan as gan_lib
@@ -90,6 +92,18 @@ def add_compare_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.mrgan.mr_weight = 10.0
   c.mrgan.lr = 1e-4            # AMSGrad (released configs) for P, G, D
   c.mrgan.predictor_steps = 500  # extra steps of P before G (MLMM losses only)
+
+  c.probe = ml_collections.ConfigDict()
+  c.probe.datasets = ()        # labelled sets for the representation probe, e.g.
+                               # ('cifar10',) or ('cifar10', 'mnist'); () = no probe
+  c.probe.train_split = 'train'  # probe-train: first train_per_class rows of each class
+  c.probe.train_per_class = 200  # (cifar10 'train' = rows 0:800 of each class)
+  c.probe.test_split = 'test'  # probe-test: first test_per_class rows of each class
+  c.probe.test_per_class = 100   # (cifar10 'test' = rows 900:1000 of each class)
+  c.probe.l2_grid = (1e-4, 1e-3, 1e-2, 1e-1)  # on mean CE + l2 ||W||^2, picked on val_frac
+  c.probe.val_frac = 0.2       # of probe-train, held out to pick l2
+  c.probe.steps = 100          # L-BFGS iterations per fit
+  c.probe.batch_size = 100     # images per feature-extraction call
 
   c.compare = ml_collections.ConfigDict()
   c.compare.probe_size = 16    # inputs of the probe batch of the budget curves
@@ -174,10 +188,16 @@ def make_method(name: str, task: image.ImageTask, config, batch: dict, key, work
   tx = mr_lib.optimizer(m.lr)
   pred_state = None
   if m.loss in mr_lib.PREDICTOR_LOSSES:
+    # P's G has no output activation: the task's activation goes on the centre only, the
+    # log-dispersion stays unbounded (mrgan.Predictor).
+    p_config = config.copy_and_resolve_references()
+    p_config.model.out_activation = 'none'
     p_enc, p_gen, _ = image.build_models(
-        dataclasses.replace(task, out_channels=2 * task.out_channels), config)
-    pred_state = peers.PredictorState.create(
-        k_pred, x, predictor=mr_lib.Predictor(p_enc, p_gen), dist=m.dist, tx=tx)
+        dataclasses.replace(task, out_channels=2 * task.out_channels), p_config)
+    predictor = mr_lib.Predictor(p_enc, p_gen,
+                                 centre_activation=config.model.out_activation)
+    pred_state = peers.PredictorState.create(k_pred, x, predictor=predictor, dist=m.dist,
+                                             tx=tx)
     t0 = time.perf_counter()
     pred_state, _ = _fit(f'{name}_predictor', pred_state, peers.predictor_step, task,
                          config, m.predictor_steps, jax.random.fold_in(k_pred, 1), workdir,
@@ -251,6 +271,88 @@ def probe_metric(task, config, sample_fn, probe: dict, num_steps: int):
 
 
 # ---------------------------------------------------------------------------------------
+# Representation probe (paper Table 5).
+
+
+@functools.lru_cache(maxsize=None)
+def probe_preprocess(size: int, in_channels: int):
+  """uint8 images (B, h, w, 1 or 3) -> inputs (B, size, size, in_channels) in [-1, 1].
+
+  A generic mapping of a labelled image set onto a task's input format: grey (ITU-R 601
+  luma) for 1-2 channel inputs, RGB for 3-4 (grey sources repeated), bilinear resize to
+  the task's size, and extra channels (the mask of mnist_corrupted, complete) all zero:
+  "nothing is missing". One function object per (size, channels), so one compilation.
+  """
+  def fn(images):
+    x = images.astype(jnp.float32) / 127.5 - 1.0
+    if in_channels <= 2:
+      if x.shape[-1] == 3:
+        x = x @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32)[:, None]
+    elif x.shape[-1] == 1:
+      x = jnp.repeat(x, 3, axis=-1)
+    x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), 'linear')
+    extra = in_channels - x.shape[-1]
+    if extra > 0:
+      x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (extra,), x.dtype)], axis=-1)
+    return x
+  return fn
+
+
+def probe_rows(config, dataset: str, split: str, per_class: int):
+  """(uint8 images, labels, description): the first `per_class` rows of each class of split."""
+  from cgml_jax import data as data_lib
+  src = data_lib.load_source(dataset, split, data_dir=config.data.data_dir or None)
+  arrays = getattr(src, 'arrays', None)
+  if arrays is None or 'label' not in arrays:
+    raise ValueError(f'probe dataset {dataset!r} has no labels; use a labelled local '
+                     "dataset such as 'cifar10' or 'mnist'")
+  rows = np.asarray(src.indices)
+  labels = np.asarray(arrays['label'])[rows]
+  pick = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
+  if len(pick) == 0:
+    raise ValueError(f'probe split {split!r} of {dataset!r} is empty')
+  desc = (f"{dataset} split '{split}': first {per_class} of each class "
+          f'({len(pick)} images, {len(np.unique(labels))} classes)')
+  return np.asarray(arrays['image'])[rows[pick]], labels[pick].astype(np.int32), desc
+
+
+def representation_probe(task, config, states: dict, key) -> dict:
+  """Linear-probe accuracy of every method's frozen H and of an untrained H.
+
+  For each dataset of `config.probe.datasets`: bottleneck features (`cgml_jax.probe`) of
+  the probe-train and probe-test rows (`probe_rows`, mapped to the task's inputs by
+  `probe_preprocess`), then `probe.linear_probe` (l2 chosen on a held-out part of
+  probe-train).
+
+  Returns:
+    {dataset: {'train_rows', 'test_rows', 'seconds', 'results': {method: probe dict}}}.
+  """
+  p = config.probe
+  pre = probe_preprocess(int(config.data.image_size), int(task.in_channels))
+  encoders = {m: probe_lib.state_encoder(s) for m, s in states.items()}
+  enc0 = image.build_models(task, config)[0]
+  out = {}
+  for dataset in p.datasets:
+    t0 = time.perf_counter()
+    x_tr, y_tr, d_tr = probe_rows(config, dataset, p.train_split, p.train_per_class)
+    x_te, y_te, d_te = probe_rows(config, dataset, p.test_split, p.test_per_class)
+    if 'untrained_encoder' not in encoders:
+      # The floor: the same H at initialisation (as image.create_state draws it).
+      x0 = jax.jit(pre)(jnp.asarray(x_tr[:1]))
+      encoders['untrained_encoder'] = (enc0, jax.jit(enc0.init)(_rbg(key), x0))
+    results = {}
+    for name, (enc, variables) in encoders.items():
+      f_tr = probe_lib.features(enc, variables, x_tr, p.batch_size, pre)
+      f_te = probe_lib.features(enc, variables, x_te, p.batch_size, pre)
+      results[name] = probe_lib.linear_probe(f_tr, y_tr, f_te, y_te, config)
+      print(f'[compare/probe {dataset}] {name}: test_acc={results[name]["test_acc"]:.4f} '
+            f'(dim {results[name]["dim"]}, l2 {results[name]["l2"]:g})', flush=True)
+    out[dataset] = {'train_rows': d_tr, 'test_rows': d_te,
+                    'seconds': round(time.perf_counter() - t0, 2), 'results': results}
+  return out
+
+
+# ---------------------------------------------------------------------------------------
 # Evaluation and reports.
 
 
@@ -293,9 +395,11 @@ def rows(results: dict) -> list[dict]:
   for protocol, per_method in results['eval'].items():
     for method, m in per_method.items():
       t = results['train'][method]
+      probe = {f'probe_{ds}': r['results'].get(method, {}).get('test_acc', '')
+               for ds, r in results.get('probe', {}).items()}
       out.append({'protocol': protocol, 'method': method,
                   **{c: m.get(c, '') for c in COLUMNS},
-                  **{c: t.get(c, '') for c in TRAIN_COLUMNS}})
+                  **{c: t.get(c, '') for c in TRAIN_COLUMNS}, **probe})
   return out
 
 
@@ -320,11 +424,23 @@ def markdown(results: dict) -> str:
   table = rows(results)
   for protocol in results['eval']:
     sel = [r for r in table if r['protocol'] == protocol]
-    cols = [c for c in COLUMNS if any(r[c] != '' for r in sel)] + list(TRAIN_COLUMNS)
+    probe_cols = [f'probe_{ds}' for ds in results.get('probe', {})]
+    cols = ([c for c in COLUMNS if any(r[c] != '' for r in sel)] + list(TRAIN_COLUMNS) +
+            probe_cols)
     lines += [f'## {protocol}', '', '| method | ' + ' | '.join(cols) + ' |',
               '|---|' + '---|' * len(cols)]
     for r in sel:
       lines.append(f"| {r['method']} | " + ' | '.join(_fmt(r[c]) for c in cols) + ' |')
+    lines.append('')
+  for ds, r in results.get('probe', {}).items():
+    lines += [f'## Representation probe: {ds} (linear classifier on the frozen bottleneck)',
+              '', f"probe-train: {r['train_rows']}; probe-test: {r['test_rows']}. L2 picked "
+              'on a held-out part of probe-train; chance = most frequent test label.', '',
+              '| encoder | test acc | train acc | val acc | l2 | dim | chance |',
+              '|---|---|---|---|---|---|---|']
+    for name, v in r['results'].items():
+      lines.append(f"| {name} | {v['test_acc']:.4f} | {v['train_acc']:.4f} | "
+                   f"{v['val_acc']:.4f} | {v['l2']:g} | {v['dim']} | {v['chance']:.3f} |")
     lines.append('')
   if results.get('grid_columns'):
     lines += ['Grids compare_<protocol>.png, columns: input | ground truth | ' +
@@ -429,6 +545,9 @@ def compare(config: ml_collections.ConfigDict, workdir: str) -> dict:
              'methods': list(config.methods), 'train': train_info, 'eval': metrics}
   if lpips_note:
     results['lpips'] = lpips_note
+  if config.probe.datasets:
+    results['probe'] = representation_probe(task, config, states,
+                                            jax.random.fold_in(k_models, 10_000))
   if parallel.is_primary():
     images = write_grids(task, config, workdir, shown)
     path = os.path.join(workdir, 'curves.png')

@@ -54,32 +54,42 @@ def chunked(fn: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
   return np.concatenate(outs, 0)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _bottleneck(encoder, variables, x):
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _bottleneck(encoder, variables, x, preprocess=None):
+  if preprocess is not None:
+    x = preprocess(x)
   h = encoder.apply(variables, x, train=False)
   last = jax.tree.leaves(h)[-1] if isinstance(h, (tuple, list)) else h
   return last.reshape(last.shape[0], -1)
 
 
-def features(encoder, variables: dict, x: np.ndarray, batch_size: int) -> np.ndarray:
+def features(encoder, variables: dict, x: np.ndarray, batch_size: int,
+             preprocess: Callable | None = None) -> np.ndarray:
   """Flattened bottleneck (the last feature map of H(x)), (N, D), in eval mode.
 
   Args:
     encoder: the Flax module H (returns a tuple of feature maps or one array).
     variables: {'params': ..., other collections}.
-    x: (N, ...) inputs in H's format.
+    x: (N, ...) inputs in H's format, or raw inputs that `preprocess` maps to it.
     batch_size: inputs per call.
+    preprocess: optional jnp function applied to each chunk inside the compiled call
+      (hashable: pass the same object each time, or it recompiles).
   """
-  return chunked(lambda xx: _bottleneck(encoder, variables, xx), x, batch_size)
+  return chunked(lambda xx: _bottleneck(encoder, variables, xx, preprocess), x, batch_size)
 
 
-def encoder_features(state, x: np.ndarray, batch_size: int) -> np.ndarray:
-  """`features` of the frozen H of any trained state of the project (cGML, L1, GAN peers).
+def state_encoder(state) -> tuple:
+  """(H, its variables) of any trained state of the project (cGML, L1, GAN peers).
 
   The state needs `encoder`, `params['encoder']` and `stats['encoder']`.
   """
-  variables = {'params': state.params['encoder'], **state.stats['encoder']}
-  return features(state.encoder, variables, x, batch_size)
+  return state.encoder, {'params': state.params['encoder'], **state.stats['encoder']}
+
+
+def encoder_features(state, x: np.ndarray, batch_size: int,
+                     preprocess: Callable | None = None) -> np.ndarray:
+  """`features` of the frozen H of a trained state (see `state_encoder`)."""
+  return features(*state_encoder(state), x, batch_size, preprocess)
 
 
 # ---------------------------------------------------------------------------------------

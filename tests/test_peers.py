@@ -191,6 +191,45 @@ def test_hyper_validation():
     methods.GANHyper(gan_loss='wgan')
   with pytest.raises(ValueError, match='unknown MR loss'):
     methods.MRHyper(loss='mlmm2')
+  # MR_2 with K <= 3: E[1 / sample variance] is infinite (the 4.5e5 smoke loss).
+  for dist in mrgan.DISTRIBUTIONS:
+    with pytest.raises(ValueError, match='num_samples'):
+      methods.MRHyper(loss='mcmle12', dist=dist, num_samples=3)
+  methods.MRHyper(loss='mcmle12', num_samples=4)
+  methods.MRHyper(loss='mlmm12', num_samples=2)    # no division: K = 2 is fine
+
+
+def test_mcmle12_with_two_samples_is_heavy_tailed_and_four_is_not():
+  # Samples and target from the same N(0, 0.03^2): the loss should be about
+  # 1/2 (1 + 1/K) + log 0.03 ~ -2.9 ... but for K = 2 a few near-coincident pairs dominate.
+  r = _rng(3)
+  y = r.normal(0, 0.03, (16, 784)).astype(np.float32)
+  l2 = float(jnp.mean(mrgan.mcmle12_gaussian(jnp.asarray(r.normal(0, 0.03, (16, 2, 784)),
+                                                         jnp.float32), y)))
+  l4 = float(jnp.mean(mrgan.mcmle12_gaussian(jnp.asarray(r.normal(0, 0.03, (16, 4, 784)),
+                                                         jnp.float32), y)))
+  assert l2 > 50.0 and -3.0 < l4 < 0.0, (l2, l4)
+
+
+class _ConstGenerator(nn.Module):
+  """G that outputs the constant 3 in every channel (and has one parameter)."""
+  out: int = 2
+
+  @nn.compact
+  def __call__(self, h, z, *, train=False):
+    b = self.param('b', nn.initializers.zeros, ())
+    return jnp.full(h[0].shape[:3] + (self.out,), 3.0) + b
+
+
+def test_predictor_squashes_the_centre_only():
+  x = jnp.zeros((2, 8, 8, 1))
+  p = mrgan.Predictor(TinyEncoder(), _ConstGenerator(), centre_activation='tanh')
+  centre, log_disp = p.apply(p.init(_key(0), x), x)
+  np.testing.assert_allclose(centre, np.tanh(3.0), rtol=1e-6)
+  np.testing.assert_allclose(log_disp, 3.0)      # unbounded: sigma^2 = e^3 is reachable
+  with pytest.raises(ValueError, match='centre_activation'):
+    bad = mrgan.Predictor(TinyEncoder(), _ConstGenerator(), centre_activation='relu')
+    bad.init(_key(0), x)
 
 
 # ---------------------------------------------------------------------------------------

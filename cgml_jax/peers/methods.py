@@ -431,6 +431,12 @@ class MRHyper:
                        f'{mr_lib.LOSSES} x {mr_lib.DISTRIBUTIONS}')
     if self.num_samples < 2:
       raise ValueError(f'num_samples (K) must be >= 2, got {self.num_samples}')
+    if self.loss == 'mcmle12' and self.num_samples < mr_lib.MIN_SAMPLES_MCMLE12:
+      # MR_2 divides by the sample dispersion; with K <= 3 its inverse has an infinite
+      # mean (Gaussian: 1 / chi^2_{K-1}), and single pixels with near-equal samples blow
+      # the loss up to ~1e5-1e6 (seen with K = 2 in a smoke run).
+      raise ValueError(f"loss 'mcmle12' needs num_samples (K) >= "
+                       f'{mr_lib.MIN_SAMPLES_MCMLE12}, got {self.num_samples}')
     if self.z_dim < 1:
       raise ValueError(f'MR-GAN needs noise: z_dim must be >= 1, got {self.z_dim}')
     gan_lib.gan_losses(self.gan_loss)

@@ -11,8 +11,9 @@ the *statistics* of K samples y~_1..y~_K = G(x, z_k) of the same input:
 
   generator losses, per pixel and averaged. Names as in the cGML paper's comparison (the
   first version of MR-GAN); the published paper and released code call MCMLE the "MR"
-  losses (MR_1, MR_2: MLE of y under the sample moments) and MLMM the "proxy MR" losses
-  (pMR_1, pMR_2: matching the predictor's moments):
+  losses (MR_1, MR_2: MLE of y under the sample moments; `mle_weight` in the released
+  configs) and MLMM the "proxy MR" losses (pMR_1, pMR_2: matching the predictor's moments;
+  `mm_1st_weight`, `mm_2nd_weight`):
     MCMLE_1    (mu~ - y)^2                                  Monte-Carlo MLE, 1st moment only
     MCMLE_1/2  1/2 [(y - mu~)^2 / sigma~^2 + log sigma~^2]  Monte-Carlo MLE, both moments
     MLMM_1     (mu~ - mu^)^2                                matching P's 1st moment
@@ -30,6 +31,14 @@ which has the same value of the loss as using m~ and a gradient that shifts all 
   MCMLE_1:    |y~bar - t|                  MCMLE_1/2:  |y~bar - t| / b~ + log b~
   MLMM_1:     (y~bar - t)^2                MLMM_1/2:   (y~bar - t)^2 + (b~ - b^)^2
 (b~ keeps its gradient.) The released code uses exactly these forms.
+
+Checked against the released code (github.com/soochan-lee/MR-GAN, commit 163f582:
+losses.py GaussianMLELoss / LaplaceMLELoss with order 1 or 2, and
+models/base.py BaseModel.sample_statistics / accumulate_mm_grad): the eight formulas,
+the unbiased variance, the mean-absolute-deviation-from-the-median, the 1e-9 guards and
+the Laplace detached targets are the ones above. The weights differ between its configs:
+MR (mle_weight) 10 everywhere; pMR 10 (Cityscapes, Gaussian), 1 (Cityscapes, Laplace),
+1000 (Maps, Gaussian); lambda = 10 here for all four.
 
 Defaults follow the released configs: K = 10 samples, weight lambda = 10 on the MR loss and
 1 on the GAN loss, AMSGrad lr 1e-4, betas (0.5, 0.999), weight decay 1e-4 (PyTorch's
@@ -49,6 +58,11 @@ DISTRIBUTIONS = ('gaussian', 'laplace')
 LOSSES = ('mlmm1', 'mlmm12', 'mcmle1', 'mcmle12')
 PREDICTOR_LOSSES = LOSSES[:2]   # the ones that read the predictor
 NUM_SAMPLES = 10                # K
+# MCMLE_1/2 (MR_2) divides by the sample variance (or MAD) of K samples. For Gaussian
+# samples sigma~^2 ~ sigma^2 chi^2_{K-1} / (K-1), and E[1 / chi^2_{K-1}] is finite only for
+# K - 1 > 2: with K = 2 or 3 the loss is dominated by the few pixels whose samples happen to
+# nearly coincide (K = 2 gave MR ~ 4e5-8e5 in a smoke run). MRHyper refuses K < 4 for it.
+MIN_SAMPLES_MCMLE12 = 4
 MR_WEIGHT = 10.0                # lambda
 _EPS = 1e-9                     # the released code's guard on sigma~^2 and b~
 
@@ -110,15 +124,22 @@ def predictor_nll(dist: str, centre: jax.Array, log_dispersion: jax.Array,
   raise ValueError(f'unknown distribution {dist!r}; expected one of {DISTRIBUTIONS}')
 
 
+_ACTIVATIONS = {'none': lambda a: a, 'tanh': jnp.tanh, 'sigmoid': jax.nn.sigmoid}
+
+
 class Predictor(nn.Module):
   """P(x) -> (centre, log-dispersion) from the project's H and G backbones (proxy MR-GAN).
 
-  G must be built with twice the output channels; it is called with a z of shape (B, 0),
-  and its last axis is split into the centre (mean or median) and the log of the
-  dispersion (variance or MAD). Call as `predictor(x, train=bool)`.
+  G must be built with twice the output channels and NO output activation; it is called
+  with a z of shape (B, 0), and its last axis is split into the centre (mean or median)
+  and the log of the dispersion (variance or MAD). `centre_activation` ('none', 'tanh',
+  'sigmoid') is applied to the centre only: the log-dispersion must stay unbounded (the
+  released code predicts it with its own linear layer; a tanh on it would force
+  sigma^2 >= e^-1 on images in [-1, 1]). Call as `predictor(x, train=bool)`.
   """
   encoder: nn.Module
   generator: nn.Module
+  centre_activation: str = 'none'
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -127,8 +148,11 @@ class Predictor(nn.Module):
     out = self.generator(h, jnp.zeros((b, 0), jnp.float32), train=train)
     if out.shape[-1] % 2:
       raise ValueError(f'predictor generator must output 2C channels, got {out.shape}')
+    if self.centre_activation not in _ACTIVATIONS:
+      raise ValueError(f'centre_activation must be one of {sorted(_ACTIVATIONS)}, '
+                       f'got {self.centre_activation!r}')
     centre, log_dispersion = jnp.split(out, 2, axis=-1)
-    return centre, log_dispersion
+    return _ACTIVATIONS[self.centre_activation](centre), log_dispersion
 
 
 # ---------------------------------------------------------------------------------------
