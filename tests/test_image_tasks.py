@@ -92,6 +92,20 @@ def test_mnist_hole_box_and_corruptions():
   assert (ex['y'][:14] == 1).all() and (ex['y'][14:] == -1).all()
 
 
+def test_box_mode_judged_on_the_free_box_pixels():
+  box = np.zeros((3, 1, 6, 6, 1), np.float32)
+  box[:, :, 1:5, 1:5] = 1                                   # 16 box pixels
+  y = np.zeros((3, 1, 6, 6, 1), np.float32)
+  y[1, :, 1:3, 1:5] = 1                                     # digit covers 8 of 16: usable
+  y[2, :, 1:4, 1:5] = 1                                     # digit covers 12 of 16: not
+  y_hat = np.repeat(y, 2, axis=1)                           # sample 0: no box (clean digit)
+  y_hat[:, 1] = np.maximum(y_hat[:, 1], 0.8 * box[:, 0])    # sample 1: a grey-white box
+  usable, has_box, intensity = mnist_corrupted.box_present(y_hat, y, box, 0.5)
+  assert usable.tolist() == [True, True, False]
+  assert has_box[:2].tolist() == [[False, True], [False, True]]
+  np.testing.assert_allclose(intensity[:2, 1], 0.8)         # covered pixels do not dilute it
+
+
 @pytest.mark.parametrize('name', ['colorize', 'complete', 'translate', 'mnist_corrupted'])
 def test_smoke_config_end_to_end(name, tmp_path):
   config = importlib.import_module(f'experiments.{name}').get_config('smoke')
@@ -107,5 +121,5 @@ def test_smoke_config_end_to_end(name, tmp_path):
     assert per_method['l1']['pixel_diversity'] == 0.0
   assert '| cgml |' in open(tmp_path / 'metrics.md').read()
   if name == 'mnist_corrupted':
-    assert set(metrics['task_metrics']) == {'l1', 'cgml'}
+    assert set(metrics['task_metrics']) == {'l1', 'cgml', 'cgml_T0'}
     assert 'clean_sample_rate' in metrics['task_metrics']['cgml']

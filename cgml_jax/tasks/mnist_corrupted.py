@@ -24,10 +24,13 @@ of clean test inputs, best of K / mean over K), `extra_eval` measures, with K =
            clean_input_rate    fraction of inputs with at least one such sample
            excess_ink          mean over the hole of max(0, y_hat - y) in [0, 1] units
                                (extra strokes: the overlap's signature)
-  box      box_sample_rate     fraction of samples with a box: mean of (y_hat - y) over the
-                               box square, in [0, 1] units, above `eval.box_threshold`
+  box      box_sample_rate     fraction of samples with a box (`box_present`): mean sample
+                               value, in [0, 1] units, on the box pixels the clean digit
+                               leaves dark, above `eval.box_threshold` (0.5, halfway
+                               between the no-box (0) and box (1) targets there)
            both_modes_rate     fraction of inputs whose K samples contain a box and no box
-           (inputs whose clean digit already covers half the box square are left out)
+           (inputs whose clean digit covers more than half of the box square are left out;
+           L1 has K = 1 sample, so it can show one mode only by construction)
 """
 
 from __future__ import annotations
@@ -94,47 +97,82 @@ def make_transform(config, protocol, others: np.ndarray | None):
   return fn
 
 
+def box_present(y_hat: np.ndarray, y: np.ndarray, box: np.ndarray, threshold: float):
+  """Decides, per sample, whether the box mode is present (box setting).
+
+  The box is judged only on the box pixels the clean digit leaves dark (clean value
+  < 0.5): there the box mode's target is 1 and the no-box mode's target is the dark digit
+  background, so the mean sample intensity on them separates the two modes; pixels the
+  digit already covers are white in both modes and say nothing.
+
+  Args:
+    y_hat: (N, K, H, W, 1) samples in [0, 1].
+    y: (N, 1, H, W, 1) clean digits in [0, 1].
+    box: (N, 1, H, W, 1) box squares (1 inside).
+    threshold: a sample has the box if its mean intensity on the free box pixels exceeds
+      this (0.5: halfway between the two modes).
+
+  Returns:
+    (usable (N,): at least half of the box is free, so the input can show the box;
+     has_box (N, K) bool; intensity (N, K): mean sample value on the free box pixels).
+  """
+  free = box * (y < 0.5)
+  n_free = free.sum(axis=(2, 3, 4))                                   # (N, 1)
+  usable = (n_free >= 0.5 * box.sum(axis=(2, 3, 4)))[:, 0] & (n_free[:, 0] > 0)
+  intensity = (y_hat * free).sum(axis=(2, 3, 4)) / np.maximum(n_free, 1.0)  # (N, K)
+  return usable, intensity > threshold, intensity
+
+
+def mode_scores(config, data: dict, outputs: np.ndarray) -> dict:
+  """The mode measurements of the module docstring for outputs (N, K, 28, 28, 1) in [-1, 1]
+  of the clean test inputs `data` (from `image.load_eval_set`)."""
+  y_hat = (outputs + 1.0) / 2.0                    # (N, K, 28, 28, 1) in [0, 1]
+  y = ((data['y'] + 1.0) / 2.0)[:, None]          # (N, 1, 28, 28, 1)
+  m = data['mask'][:, None]
+  area = m.sum(axis=(2, 3, 4))
+  err = (np.abs(y_hat - y) * m).sum(axis=(2, 3, 4)) / area * 2.0  # [-1, 1] units
+  r = {'num_inputs': int(len(y_hat)), 'num_samples': int(y_hat.shape[1]),
+       'hole_error_best': float(err.min(1).mean()),
+       'hole_error_mean': float(err.mean())}
+  if config.data.corruption == 'overlap':
+    clean = err < config.eval.clean_tau
+    r.update(clean_tau=float(config.eval.clean_tau),
+             clean_sample_rate=float(clean.mean()),
+             clean_input_rate=float(clean.any(1).mean()),
+             excess_ink=float((np.maximum(y_hat - y, 0) * m).sum(axis=(2, 3, 4)).mean()
+                              / area.mean()))
+  else:
+    usable, has_box, intensity = box_present(y_hat, y, data['box'][:, None],
+                                             config.eval.box_threshold)
+    both = has_box.any(1) & (~has_box).any(1)
+    r.update(box_threshold=float(config.eval.box_threshold), usable_inputs=int(usable.sum()),
+             box_sample_rate=float(has_box[usable].mean()),
+             both_modes_rate=float(both[usable].mean()),
+             box_intensity_mean=float(intensity[usable].mean()))
+  return r
+
+
 def extra_eval(config, states: dict, key, workdir: str) -> dict:
-  """The two mode measurements of the module docstring, per method."""
+  """The mode measurements of the module docstring, per method.
+
+  cGML is measured twice: with its inference (Eq. 4, T = `latent.traverse_steps`), and as
+  'cgml_T0', G at the K random z_0 without Z's flow, which separates what G learned from
+  what the flow of Z does with it.
+  """
   del workdir
   import jax
   data = image.load_eval_set(TASK, config, 'test')
   n, bs = len(data['x']), config.eval.batch_size
+  runs = [(m, m, config.latent.traverse_steps) for m in states]
+  if 'cgml' in states:
+    runs.append(('cgml_T0', 'cgml', 0))
   out = {}
-  for method, state in states.items():
-    outs = []
-    for start in range(0, n, bs):
-      outs.append(image.predict(method, state, data['x'][start:start + bs],
-                                jax.random.fold_in(key, start), config.eval.num_samples,
-                                config.latent.traverse_steps))
-    y_hat = (np.concatenate(outs) + 1.0) / 2.0      # (N, K, 28, 28, 1) in [0, 1]
-    y = ((data['y'] + 1.0) / 2.0)[:, None]          # (N, 1, 28, 28, 1)
-    m = data['mask'][:, None]
-    area = m.sum(axis=(2, 3, 4))
-    err = (np.abs(y_hat - y) * m).sum(axis=(2, 3, 4)) / area * 2.0  # [-1, 1] units
-    r = {'num_inputs': int(n), 'num_samples': int(y_hat.shape[1]),
-         'hole_error_best': float(err.min(1).mean()),
-         'hole_error_mean': float(err.mean())}
-    if config.data.corruption == 'overlap':
-      clean = err < config.eval.clean_tau
-      r.update(clean_tau=float(config.eval.clean_tau),
-               clean_sample_rate=float(clean.mean()),
-               clean_input_rate=float(clean.any(1).mean()),
-               excess_ink=float((np.maximum(y_hat - y, 0) * m).sum(axis=(2, 3, 4)).mean()
-                                / area.mean()))
-    else:
-      b = data['box'][:, None]
-      b_area = np.maximum(b.sum(axis=(2, 3, 4)), 1.0)
-      lift = ((y_hat - y) * b).sum(axis=(2, 3, 4)) / b_area         # (N, K)
-      usable = ((y * b).sum(axis=(2, 3, 4)) / b_area)[:, 0] < 0.5    # digit leaves room
-      has_box = lift > config.eval.box_threshold
-      both = has_box.any(1) & (~has_box).any(1)
-      r.update(box_threshold=float(config.eval.box_threshold), usable_inputs=int(usable.sum()),
-               box_sample_rate=float(has_box[usable].mean()),
-               both_modes_rate=float(both[usable].mean()),
-               box_intensity_mean=float(lift[usable].mean()))
-    out[method] = r
-    print(f'[mnist_corrupted/{method}] {r}', flush=True)
+  for name, method, steps in runs:
+    outs = [image.predict(method, states[method], data['x'][start:start + bs],
+                          jax.random.fold_in(key, start), config.eval.num_samples, steps)
+            for start in range(0, n, bs)]
+    out[name] = mode_scores(config, data, np.concatenate(outs))
+    print(f'[mnist_corrupted/{name}] {out[name]}', flush=True)
   return out
 
 
