@@ -1,6 +1,7 @@
 """Image-to-image translation (paper Sec. 5.3.1): facades label map -> photo, 128px.
 
   python -m experiments.run --config=experiments/translate.py --workdir=runs/facades
+  python -m experiments.run --config=experiments/translate.py:cpu --workdir=runs/facades_cpu
   python -m experiments.run --config=experiments/translate.py:smoke --workdir=/tmp/t_smoke
   python -m experiments.run --config=experiments/translate.py --workdir=runs/edges2shoes \
       --config.data.name=pix2pix:/path/to/edges2shoes --config.data.direction=AtoB
@@ -37,10 +38,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_test = 106
   c.eval.num_samples = 10
   c.eval.batch_size = 16
-  if arg == 'smoke':
+  if arg == 'cpu':
+    # A real but CPU-sized run (~10-15 min on 2 busy cores): half the widths, fewer steps.
+    c.model.base_channels = 16
+    c.model.max_channels = 64
+    c.train.steps = 600
+  elif arg == 'smoke':
     image.smoke(c)
     c.data.flip = False
     c.data.train_split = 'train[:32]'
   elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; expected nothing or "smoke"')
+    raise ValueError(f'unknown config argument {arg!r}; expected nothing, "cpu" or '
+                     '"smoke"')
   return c
