@@ -28,11 +28,21 @@ the task's E (best of the samples, mean over the probe). `steps_to_target` is th
 recorded step with probe E <= `compare.target_error` (empty if never reached). These
 curves are the analogue of the paper's Fig. 18 (loss vs. iterations).
 
+Representation probe (paper Table 5; `config.probe.datasets`, off when empty): each
+method's frozen H, and an untrained H of the same architecture (the floor), map labelled
+images (`probe_rows`: the first `probe.train_per_class` / `probe.test_per_class` rows of
+each class of `probe.train_split` / `probe.test_split`, e.g. CIFAR-10 train10k rows 0:800
+/ 900:1000 of each class) to flattened bottleneck features, after `probe_preprocess` maps
+them onto the task's input format; a multinomial logistic regression (`cgml_jax.probe`,
+L2 picked on a held-out part of probe-train) is scored on probe-test.
+
 Outputs in `workdir`:
   compare.json, compare.md, compare.csv   one row per (protocol, method): psnr/ssim/lpips
                                           (mean and best of K), diversity, pixel_diversity,
                                           E, train seconds (incl. compilation), steps,
-                                          steps_to_target, final probe E
+                                          steps_to_target, final probe E, probe_<dataset>
+                                          (linear-probe test accuracy); compare.md also
+                                          has one probe table per dataset
   curves.png                              probe E vs. step, one line per method
   compare_<protocol>.png                  input | ground truth | each method's samples
   checkpoints/<method>/                   resume per method (loop.fit)
@@ -175,7 +185,7 @@ def make_method(name: str, task: image.ImageTask, config, batch: dict, key, work
       gen = basis_lib.BasisUNetGenerator(
           out_channels=task.out_channels, num_bases=b.num_bases, basis_every=b.basis_every,
           final_upsample=_final_upsample(enc, x), final_activation=act if act == 'tanh'
-          else 'none')
+          else 'none', output_size=int(x.shape[1]))
     hp = peers.GANHyper(z_dim=z_dim, recon_weight=g.recon_weight, diversity=extra,
                         diversity_weight=_div_weight(config))
     tx = peers.adam_gan_optimizer(g.lr)
@@ -213,11 +223,15 @@ def make_method(name: str, task: image.ImageTask, config, batch: dict, key, work
 
 
 def _final_upsample(enc, x) -> int:
-  """Output size / finest encoder feature size (BasisUNetGenerator's final_upsample)."""
+  """BasisUNetGenerator's final_upsample: output size / finest encoder feature size.
+
+  The encoder may pad the input (28 -> 32); the factor is rounded up so the decoded map
+  covers the image, and the generator crops it back (`output_size`).
+  """
   shapes = jax.eval_shape(lambda x: enc.init_with_output(jax.random.key(0), x,
                                                          train=False)[0], x)
   finest = max(s.shape[1] for s in jax.tree.leaves(shapes))
-  return max(1, x.shape[1] // finest)
+  return max(1, -(-x.shape[1] // finest))
 
 
 # ---------------------------------------------------------------------------------------

@@ -285,6 +285,10 @@ def test_basis_unet_generator_diverse_in_z():
   np.testing.assert_array_equal(y1, y1b)
   assert float(jnp.abs(y1 - y2).mean()) > 1e-3
   assert 'BasisConv_0' in v['params'] and 'Conv_0' in v['params']   # they alternate
+  # A padded encoder (e.g. 28 -> 32): the decoded map is centre-cropped to output_size.
+  g6 = basisgan.BasisUNetGenerator(out_channels=3, norm='none', output_size=6)
+  y6 = jax.jit(g6.apply)(v, h, z1)
+  np.testing.assert_allclose(y6, y1[:, 1:7, 1:7], rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------

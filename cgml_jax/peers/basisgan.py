@@ -14,8 +14,8 @@ produced the bases, not from an extra input channel. Training is that of the und
 cGAN (pix2pix here), see `cgml_jax.peers.methods`.
 
 Implementation: instead of materialising per-example filters, each input channel is
-convolved depthwise with each sampled basis (B x C x K maps) and a 1x1 mixing with a sums
-them; this is exactly the conv with w = psi . a, at the cost of one depthwise conv.
+convolved depthwise with each sampled basis (B x C x K maps, as L*L shifted slices) and a
+1x1 mixing with a sums them; this is exactly the conv with w = psi . a.
 """
 
 from __future__ import annotations
@@ -83,15 +83,23 @@ class BasisConv(nn.Module):
                                                     in_axis=(0, 1), out_axis=2),
                    (k, c, self.features), jnp.float32)
 
-    def depthwise(xi, psi_i):
-      # Kernel (L, L, 1, C*K): output channel c*K + j is channel c convolved with psi_j.
-      kernel = jnp.tile(psi_i, (1, 1, c))[:, :, None, :].astype(xi.dtype)
-      return jax.lax.conv_general_dilated(
-          xi[None], kernel, (self.strides, self.strides), 'SAME',
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)[0]
-
-    responses = jax.vmap(depthwise)(x, psi)                  # (B, H', W', C*K)
-    responses = responses.reshape(responses.shape[:3] + (c, k))
+    # Per-example depthwise responses r[b, i, j, c, k] = sum_{u,v} x[b, s i + u, s j + v, c]
+    # psi[b, u, v, k] ('SAME' padding) as a sum over the L*L taps of shifted slices: a
+    # vmapped per-example conv becomes a grouped conv with B*C groups, which XLA:CPU
+    # compiles and runs very slowly (minutes for a 28px U-Net step).
+    b, h, w = x.shape[:3]
+    size, st = self.kernel_size, self.strides
+    ho, wo = -(-h // st), -(-w // st)
+    pad_h, pad_w = max((ho - 1) * st + size - h, 0), max((wo - 1) * st + size - w, 0)
+    xp = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                     (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    psi = psi.astype(x.dtype)
+    responses = 0.0
+    for u in range(size):
+      for v in range(size):
+        tap = jax.lax.slice(xp, (0, u, v, 0), (b, u + st * (ho - 1) + 1,
+                                               v + st * (wo - 1) + 1, c), (1, st, st, 1))
+        responses = responses + tap[..., None] * psi[:, None, None, None, u, v, :]
     y = jnp.einsum('bhwck,kco->bhwo', responses, a.astype(x.dtype))
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
@@ -136,6 +144,8 @@ class BasisUNetGenerator(nn.Module):
     norm: 'batch' (pix2pix), 'instance' or 'none'.
     final_upsample: spatial factor between the finest feature and the output.
     final_activation: 'tanh' (images in [-1, 1]) or 'none'.
+    output_size: if set, the output is centre-cropped to this side (the project's H pads
+      e.g. 28 -> 32; the crop is the one of `models.conv`'s G).
   """
   out_channels: int
   kernel_size: int = 3
@@ -145,6 +155,7 @@ class BasisUNetGenerator(nn.Module):
   norm: str = 'batch'
   final_upsample: int = 2
   final_activation: str = 'tanh'
+  output_size: int | None = None
 
   @nn.compact
   def __call__(self, h, z, *, train: bool = False):
@@ -175,6 +186,12 @@ class BasisUNetGenerator(nn.Module):
       u = conv(u, u.shape[-1] // 2 or 1, layer % self.basis_every == 0)
       u = nn.relu(_norm(self.norm, train)(u))
     y = nn.Conv(self.out_channels, (self.kernel_size, self.kernel_size))(u)
+    if self.output_size is not None and self.output_size != y.shape[1]:
+      if self.output_size > y.shape[1]:
+        raise ValueError(f'output_size {self.output_size} exceeds the decoded size '
+                         f'{y.shape[1]}; raise final_upsample')
+      lo = (y.shape[1] - self.output_size) // 2
+      y = y[:, lo:lo + self.output_size, lo:lo + self.output_size]
     if self.final_activation == 'tanh':
       return jnp.tanh(y)
     if self.final_activation == 'none':
