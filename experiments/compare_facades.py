@@ -1,9 +1,12 @@
 """cGML vs. its peers on facades label map -> photo (paper Sec. 5.3.1), equal budgets:
 
   python -m experiments.compare --config=experiments/compare_facades.py --workdir=runs/cmp_fac
+  python -m experiments.compare --config=experiments/compare_facades.py:cpu --workdir=runs/cf
   python -m experiments.compare --config=experiments/compare_facades.py:smoke --workdir=/tmp/cf
 
-The task part is experiments/translate.py; this adds the peers' fields and the methods.
+The task part is experiments/translate.py (same arguments: nothing, cpu, smoke); this adds
+the peers' fields, the methods and the representation probe (CIFAR-10 rows resized to the
+task's 128px inputs). ':cpu' is the run reported in the README: half widths, 300 steps.
 """
 
 import ml_collections
@@ -14,12 +17,22 @@ from experiments import translate
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = compare.add_compare_fields(translate.get_config(arg))
-  c.methods = ('l1', 'cgml', 'pix2pix', 'basisgan', 'mrgan', 'pix2pix+msgan')
+  c.methods = ('l1', 'cgml', 'context_encoder', 'pix2pix', 'basisgan', 'mrgan',
+               'pix2pix+msgan')
+  c.gan.disc_features = c.model.base_channels  # D as wide as H's first block
+  c.mrgan.loss = 'mcmle1'      # MR_1 (no predictor); 'mlmm12' = pMR_2 (+ predictor steps)
   c.compare.target_error = 0.5  # L1 in [-1, 1] units, best of curve_samples
   c.compare.curve_every = 50
+  c.probe.datasets = ('cifar10',)
+  if arg == 'cpu':
+    c.train.steps = 300
+    c.train.log_every = 50
+    c.compare.curve_every = 50
+    c.probe.train_per_class = 100  # 1000 probe-train (rows 0:100 of each class), 1000 test
   if arg == 'smoke':
     c.methods = ('l1', 'pix2pix+msgan')  # cgml, mrgan: in compare_mnist.py's smoke
     c.gan.disc_features = 8
+    c.probe.datasets = ()
     c.compare.probe_size = 4
     c.compare.curve_samples = 2
     c.compare.curve_every = 2

@@ -1,11 +1,13 @@
 """cGML vs. its peers on corrupted-MNIST recovery (paper Sec. 5.1), equal step budgets:
 
-  python -m experiments.compare --config=experiments/compare_mnist.py --workdir=runs/cmp_mnist
   python -m experiments.compare --config=experiments/compare_mnist.py:box --workdir=runs/cmp_box
+  python -m experiments.compare --config=experiments/compare_mnist.py --workdir=runs/cmp_mnist
   python -m experiments.compare --config=experiments/compare_mnist.py:smoke --workdir=/tmp/cs
 
 The task part is experiments/mnist_corrupted.py (same arguments: overlap, box, smoke); this
-adds the peers' fields (cgml_jax.compare.add_compare_fields) and the method list.
+adds the peers' fields (cgml_jax.compare.add_compare_fields), the method list and the
+representation probe (CIFAR-10 rows as grey 28px inputs, and MNIST digits). ':box' is the
+run reported in the README.
 """
 
 import ml_collections
@@ -16,15 +18,23 @@ from experiments import mnist_corrupted
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = compare.add_compare_fields(mnist_corrupted.get_config(arg))
-  c.methods = ('l1', 'cgml', 'context_encoder', 'pix2pix', 'basisgan', 'mrgan')
+  c.methods = ('l1', 'cgml', 'context_encoder', 'pix2pix', 'basisgan', 'mrgan',
+               'pix2pix+msgan')
+  c.gan.disc_features = c.model.base_channels  # D as wide as H's first block (16)
+  c.mrgan.loss = 'mcmle1'      # MR_1 (no predictor); 'mlmm12' = pMR_2 (+ predictor steps)
   c.compare.target_error = 0.25  # hole L1 in [-1, 1] units, best of curve_samples
   c.compare.curve_every = 50
+  c.probe.datasets = ('cifar10', 'mnist')  # mnist: train rows / official test, per class
   if arg and 'smoke' in arg.split(','):
     c.methods = ('l1', 'cgml', 'mrgan')  # pix2pix: in compare_facades.py's smoke
     c.gan.disc_features = 8
+    c.mrgan.loss = 'mlmm12'      # the predictor path
     c.mrgan.num_samples = 2
     c.mrgan.predictor_steps = 2
+    c.probe.datasets = ()
     c.compare.probe_size = 4
     c.compare.curve_samples = 2
     c.compare.curve_every = 2
+  else:
+    c.train.steps = 600        # a CPU-sized budget (see the README for the wall time)
   return c
