@@ -36,5 +36,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.compare.curve_samples = 2
     c.compare.curve_every = 2
   else:
-    c.train.steps = 600        # a CPU-sized budget (see the README for the wall time)
+    c.train.steps = 500        # a CPU-sized budget (see the README for the wall time)
   return c
