@@ -29,6 +29,10 @@ Module contract. The three modules are called as
   generator(h, z, train=bool) -> y_hat
   latent_net(z, h, train=bool) -> (r_hat, rho_hat)  shapes (B, n) and (B,)
 
+Optionally, a generator with the class attribute `accepts_sample_axis = True` also takes
+z of shape (B, K, n) with h of batch B and returns (B, K, ...), the outputs for each input
+and each of its K latents; `sample` then uses it instead of repeating h K times.
+
 `train=True` lets layers update non-parameter state (spectral-norm power iterations in
 the `batch_stats` collection); the z step and inference use `train=False`.
 
@@ -511,8 +515,11 @@ def sample(state: CGMLState, x: jax.Array, key: jax.Array, num_samples: int,
            num_steps: int, return_latents: bool = False):
   r"""K outputs per input from K random z_0 (Eq. 4), vectorised over inputs and samples.
 
-  H runs once per input; its features are repeated K times and all B*K trajectories run
-  as one batch.
+  H runs once per input; its features are repeated K times for Z and all B*K
+  trajectories run as one batch. If the generator has `accepts_sample_axis = True`, G is
+  called once as G(h, z) with the un-repeated h and z of shape (B, K, n), returning
+  (B, K, ...) (so it can compute what depends on h alone once per input); otherwise as
+  G(repeated h, z (B*K, n)).
 
   Args:
     x: (B, ...) inputs.
@@ -525,11 +532,15 @@ def sample(state: CGMLState, x: jax.Array, key: jax.Array, num_samples: int,
     (B, K, ...) outputs, and with `return_latents` the latents.
   """
   b = jax.tree.leaves(x)[0].shape[0]
-  h = _repeat(encode(state, x), num_samples)
+  h = encode(state, x)
+  h_k = _repeat(h, num_samples)
   z0 = sample_sphere(key, (b * num_samples, state.hp.z_dim))
-  z = traverse_latent(state, h, z0, num_steps)
-  y = generate(state, h, z)
-  y = y.reshape((b, num_samples) + y.shape[1:])
+  z = traverse_latent(state, h_k, z0, num_steps)
+  if getattr(state.generator, 'accepts_sample_axis', False):
+    y = generate(state, h, z.reshape(b, num_samples, -1))
+  else:
+    y = generate(state, h_k, z)
+    y = y.reshape((b, num_samples) + y.shape[1:])
   if return_latents:
     return y, z.reshape(b, num_samples, -1)
   return y

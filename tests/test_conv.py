@@ -105,3 +105,35 @@ def test_errors_name_the_shape():
   with pytest.raises(ValueError, match='z_injection'):
     build_conv_models(8, 1, 2, Z_DIM, z_injection='none', **SMALL)[1].init(
         jax.random.key(0), (jnp.ones((2, 4, 4, 4)), jnp.ones((2, 2, 2, 8))), jnp.ones((2, 3)))
+
+
+@pytest.mark.parametrize('z_injection', ['bottleneck', 'all'])
+def test_sample_axis_matches_repeated_inputs(z_injection):
+  # G(h, z (B, K, n)) runs the h-only parts once per input; it must equal G on h repeated
+  # K times, values and gradients (wrt G's parameters, h and z).
+  k = 3
+  enc, gen, _ = build_conv_models(8, 1, 2, Z_DIM, z_injection=z_injection, **SMALL)
+  assert gen.accepts_sample_axis
+  key = jax.random.key(3)
+  x = jax.random.normal(key, (B, 8, 8, 1))
+  z = jax.random.normal(jax.random.key(4), (B, k, Z_DIM))
+
+  @jax.jit
+  def run(x, z):
+    h = enc.apply(enc.init(key, x), x)
+    vg = gen.init(key, h, z[:, 0])
+    cot = jax.random.normal(key, (B, k, 8, 8, 2))
+
+    def with_axis(vg, h, z):
+      return jnp.sum(gen.apply(vg, h, z) * cot)
+
+    def repeated(vg, h, z):
+      h_k = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), h)
+      y = gen.apply(vg, h_k, z.reshape(B * k, Z_DIM))
+      return jnp.sum(y.reshape(B, k, 8, 8, 2) * cot)
+
+    return [jax.value_and_grad(f, argnums=(0, 1, 2))(vg, h, z) for f in (with_axis, repeated)]
+
+  a, b = run(x, z)
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(u, v, atol=1e-5, rtol=1e-5)

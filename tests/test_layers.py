@@ -113,3 +113,41 @@ def test_shape_errors_name_the_shape():
     Conv4x4Down(3).init(jax.random.key(0), jnp.ones((4, 4, 2)))
   with pytest.raises(ValueError, match='impl'):
     conv4x4_up(jnp.ones((1, 4, 4, 2)), jnp.ones((4, 4, 2, 3)), impl='fft')
+
+
+@pytest.mark.parametrize('impl', ['matmul', 'conv', 'plain'])
+def test_up_channel_parts_with_broadcast_batch_match_concat(impl):
+  # Parts (B K, ...), (B, ...) and a spatially constant (B K, ...) map, as G passes them:
+  # the same function as the plain layer on concat(part_1, repeat(part_2, K), part_3).
+  b, k, h, w = 2, 3, 2, 3
+  keys = jax.random.split(jax.random.key(2), 5)
+  parts = [jax.random.normal(keys[0], (b * k, h, w, 4)), jax.random.normal(keys[1], (b, h, w, 5)),
+           jnp.broadcast_to(jax.random.normal(keys[2], (b * k, 1, 1, 2)), (b * k, h, w, 2))]
+  kernel = jax.random.normal(keys[3], (4, 4, 11, 3))
+  cot = jax.random.normal(keys[4], (b * k, 2 * h, 2 * w, 3))
+
+  @jax.jit
+  def run(parts, kernel):
+    def fast(parts, kernel):
+      return jnp.sum(conv4x4_up(parts, kernel, impl) * cot)
+
+    def plain(parts, kernel):
+      full = jnp.concatenate([parts[0], jnp.repeat(parts[1], k, axis=0), parts[2]], axis=-1)
+      return jnp.sum(conv4x4_up(full, kernel, 'plain') * cot)
+
+    return [jax.value_and_grad(f, argnums=(0, 1))(parts, kernel) for f in (fast, plain)]
+
+  fast, plain = run(parts, kernel)
+  _assert_close(fast, plain)
+
+
+def test_up_module_takes_parts_with_the_concat_parameters():
+  x, s = jnp.ones((2, 2, 2, 3)), jnp.ones((2, 2, 2, 4))
+  v_parts = jax.eval_shape(ConvTranspose4x4Up(5).init, jax.random.key(0), [x, s])
+  v_concat = jax.eval_shape(ConvTranspose4x4Up(5).init, jax.random.key(0),
+                            jnp.concatenate([x, s], -1))
+  assert jax.tree.map(lambda a: a.shape, v_parts) == jax.tree.map(lambda a: a.shape, v_concat)
+  with pytest.raises(ValueError, match='divide'):
+    conv4x4_up([jnp.ones((3, 2, 2, 1)), jnp.ones((2, 2, 2, 1))], jnp.ones((4, 4, 2, 1)))
+  with pytest.raises(ValueError, match='share H and W'):
+    conv4x4_up([jnp.ones((2, 2, 2, 1)), jnp.ones((2, 4, 4, 1))], jnp.ones((4, 4, 2, 1)))

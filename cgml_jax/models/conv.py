@@ -8,6 +8,9 @@ r"""Convolutional H, G and Z for image tasks (paper Sec. 5, Fig. 2).
   G  ConvGenerator   the mirror image: z broadcast and concatenated to the bottleneck, 4x4
                      stride-2 transposed convs with ReLU, each but the last followed by a
                      concat of the encoder features of that scale; `out_channels` with tanh.
+                     The concats are passed to the layers as channel parts (same function
+                     and parameters); G also takes z with a sample axis (B, K, n) and then
+                     runs the h-only parts once per input (used by `cgml.sample`).
   Z  ConvLatentNet   an MLP on concat(z, global-average-pool(bottleneck)) -> (r_hat, rho_hat).
 
 All three follow the module contract of `cgml_jax.cgml`. G and Z are spectrally normalised
@@ -66,8 +69,8 @@ def channel_widths(num_blocks: int, base_channels: int, max_channels: int) -> li
 
 
 def _broadcast_to_map(z: jax.Array, x: jax.Array) -> jax.Array:
-  """z (B, n) tiled to x's spatial shape: (B, H, W, n)."""
-  return jnp.broadcast_to(z[:, None, None, :], x.shape[:3] + z.shape[-1:])
+  """z (B', n) tiled to x's spatial shape: (B', H, W, n)."""
+  return jnp.broadcast_to(z[:, None, None, :], z.shape[:1] + x.shape[1:3] + z.shape[-1:])
 
 
 class ConvEncoder(nn.Module):
@@ -139,17 +142,28 @@ class ConvGenerator(nn.Module):
   out_activation: str = 'tanh'
   impl: str = 'auto'
 
+  # cgml.sample may pass z with a sample axis (B, K, n) and the un-repeated h (see
+  # `__call__`); modules without this attribute get h repeated K times instead.
+  accepts_sample_axis = True
+
   @nn.compact
   def __call__(self, h: Sequence[jax.Array], z: jax.Array, *, train: bool = False):
     """Decodes features and a latent.
 
+    Every transposed conv reads the concatenation [decoder feature, skip (, z map)] as
+    channel parts (`layers.conv4x4_up`): the same function and parameters as the
+    concatenated input, but the gradient wrt z does not flow through the skip half, and
+    the parts that depend on h alone are computed once per input even when each input
+    has K latents.
+
     Args:
-      h: the encoder's tuple of feature maps, coarsest last.
-      z: (B, n) latents.
+      h: the encoder's tuple of feature maps (B, ...), coarsest last.
+      z: (B, n) latents, or (B, K, n): K latents per input.
       train: update spectral-norm statistics.
 
     Returns:
-      y (B, S, S, out_channels).
+      y (B, S, S, out_channels), or (B, K, S, S, out_channels) for z of shape (B, K, n);
+      y[:, k] equals the output for h and z[:, k].
     """
     if self.z_injection not in Z_INJECTIONS:
       raise ValueError(f'z_injection must be one of {Z_INJECTIONS}, got {self.z_injection!r}')
@@ -157,29 +171,31 @@ class ConvGenerator(nn.Module):
       raise ValueError(f'out_activation must be one of {tuple(_OUT_ACTIVATIONS)}, '
                        f'got {self.out_activation!r}')
     h = tuple(h)
-    if z.ndim != 2 or z.shape[0] != h[-1].shape[0]:
-      raise ValueError(f'ConvGenerator expects z of shape (B, n) with B = '
-                       f'{h[-1].shape[0]}, got {z.shape}')
+    b = h[-1].shape[0]
+    if z.ndim not in (2, 3) or z.shape[0] != b:
+      raise ValueError(f'ConvGenerator expects z of shape (B, n) or (B, K, n) with B = '
+                       f'{b}, got {z.shape}')
+    k = z.shape[1] if z.ndim == 3 else None
+    z = z.reshape(-1, z.shape[-1])  # (B K, n), rows grouped by input
 
-    def up(features, x):
+    def up(features, parts):
       layer = ConvTranspose4x4Up(features, impl=self.impl)
-      return maybe_spectral_norm(layer, self.spectral_norm, self.lipschitz)(x, train=train)
+      return maybe_spectral_norm(layer, self.spectral_norm, self.lipschitz)(parts, train=train)
 
-    x = jnp.concatenate([h[-1], _broadcast_to_map(z, h[-1])], axis=-1)
+    parts = [h[-1], _broadcast_to_map(z, h[-1])]
     for skip in reversed(h[:-1]):
-      x = nn.relu(up(skip.shape[-1], x))
-      if x.shape != skip.shape:
+      x = nn.relu(up(skip.shape[-1], parts))
+      if x.shape[1:] != skip.shape[1:]:
         raise ValueError(f'skip feature of shape {skip.shape} does not match decoder '
                          f'feature {x.shape}')
       parts = [x, skip]
       if self.z_injection == 'all':
         parts.append(_broadcast_to_map(z, x))
-      x = jnp.concatenate(parts, axis=-1)
-    y = _OUT_ACTIVATIONS[self.out_activation](up(self.out_channels, x))
+    y = _OUT_ACTIVATIONS[self.out_activation](up(self.out_channels, parts))
     if self.image_size is not None and self.image_size != y.shape[1]:
       lo, _ = _pad_amounts(self.image_size, self.bottleneck_size)
       y = y[:, lo:lo + self.image_size, lo:lo + self.image_size]
-    return y
+    return y if k is None else y.reshape((b, k) + y.shape[1:])
 
 
 class ConvLatentNet(nn.Module):

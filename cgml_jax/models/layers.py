@@ -31,6 +31,13 @@ Both are parametrised by the ORIGINAL 4x4 kernel (same names, shapes, initialise
 `nn.Conv` / `nn.ConvTranspose`), so `SpectralNorm` (which flattens the kernel to
 (16 C, O)), checkpoints and initial values are those of the plain layer.
 
+The up layer also takes its input as channel parts [x_1, ..., x_m] (the U-Net's
+concat(decoder feature, skip, z map)) and sums the parts' convolutions with the matching
+slices of the one kernel: the same function and parameters, without the concatenated copy,
+with no gradient computed for parts that do not need one (cGML's z step differentiates G
+wrt z only, so the skip halves get none), and with parts of a smaller batch broadcast
+(G's skips of B inputs are convolved once for K samples each at inference).
+
 `impl` picks how the stride-1 part runs: 'matmul' (explicit patches and one dot: best on
 tiny maps) or 'conv' (an XLA convolution: best on larger maps), 'auto' chooses by map
 size, 'plain' is the reference flax layer's op, kept for tests and benchmarks.
@@ -107,41 +114,98 @@ def conv4x4_down(x: jax.Array, kernel: jax.Array, impl: str = 'auto') -> jax.Arr
   return lax.conv_general_dilated(s2d, k2, (1, 1), 'VALID', dimension_numbers=_DN)
 
 
-def conv4x4_up(x: jax.Array, kernel: jax.Array, impl: str = 'auto') -> jax.Array:
+def _as_parts(x) -> list:
+  return [x] if hasattr(x, 'ndim') else list(x)
+
+
+def _check_parts(parts: list, kernel: jax.Array, name: str) -> tuple[int, list[int]]:
+  """Validates channel parts of one input; returns the broadcast batch and their widths."""
+  if not parts:
+    raise ValueError(f'{name} needs at least one input')
+  for p in parts:
+    _check_nhwc(p, name)
+  spatial = {p.shape[1:3] for p in parts}
+  if len(spatial) > 1:
+    raise ValueError(f'{name}: input parts must share H and W, got shapes '
+                     f'{[p.shape for p in parts]}')
+  b = max(p.shape[0] for p in parts)
+  if any(b % p.shape[0] for p in parts):
+    raise ValueError(f'{name}: every part\'s batch must divide the largest one ({b}), got '
+                     f'shapes {[p.shape for p in parts]}')
+  widths = [p.shape[-1] for p in parts]
+  if kernel.ndim != 4 or kernel.shape[:3] != (4, 4, sum(widths)):
+    shapes = [p.shape for p in parts]
+    raise ValueError(f'{name} needs a (4, 4, {sum(widths)}, O) kernel for input '
+                     f'{shapes[0] if len(shapes) == 1 else shapes}, got {kernel.shape}')
+  return b, widths
+
+
+def _broadcast_batch(a: jax.Array, b: int) -> jax.Array:
+  """(b', ...) -> (b, ...), row r reading row r // (b / b') (i.e. `jnp.repeat(a, b / b')`)."""
+  if a.shape[0] == b:
+    return a
+  m = b // a.shape[0]
+  return jnp.broadcast_to(a[:, None], (a.shape[0], m) + a.shape[1:]).reshape((b,) + a.shape[1:])
+
+
+def _sum_parts(terms: list) -> jax.Array:
+  b = max(t.shape[0] for t in terms)
+  out = _broadcast_batch(terms[0], b)
+  for t in terms[1:]:
+    out = out + _broadcast_batch(t, b)
+  return out
+
+
+def _kernel_parts(kernel: jax.Array, widths: list[int]) -> list:
+  offsets = [sum(widths[:i]) for i in range(len(widths))]
+  return [kernel[:, :, o:o + c] for o, c in zip(offsets, widths)]
+
+
+def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto') -> jax.Array:
   r"""4x4 transposed convolution, stride 2 (PyTorch padding 1): (B, H, W, C) -> (B, 2H, 2W, O).
 
   Same function as `lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)))`, i.e.
   `nn.ConvTranspose(O, (4, 4), (2, 2), padding=((2, 2), (2, 2)))` without bias.
 
+  `x` may also be a sequence of channel parts [x_1, ..., x_m] of one input
+  concat(x_1, ..., x_m). By linearity the layer is then the sum of the parts' convolutions
+  with the matching input-channel slices of the one kernel, so no concatenated copy is
+  built, the gradient with respect to a part only flows through its own slice, and the
+  parts may have different batch sizes: a part of batch B' < B (B the largest) stands for
+  `jnp.repeat(x_i, B / B', axis=0)` and is convolved once per distinct row (used to run
+  the U-Net skips of B inputs once for K samples each).
+
   Args:
-    x: (B, H, W, C).
-    kernel: (4, 4, C, O), as in `nn.ConvTranspose` (transpose_kernel=False).
+    x: (B, H, W, C), or a sequence of (B_i, H, W, C_i) with every B_i dividing B.
+    kernel: (4, 4, C, O) (C = sum of C_i), as in `nn.ConvTranspose` (transpose_kernel=False).
     impl: 'auto', 'matmul', 'conv' or 'plain' (see module docstring).
 
   Returns:
     (B, 2H, 2W, O).
   """
-  _check_nhwc(x, 'conv4x4_up')
-  b, h, w, c = x.shape
-  if kernel.shape[:3] != (4, 4, c):
-    raise ValueError(f'conv4x4_up needs a (4, 4, {c}, O) kernel for input {x.shape}, '
-                     f'got {kernel.shape}')
-  impl = _resolve(impl, x)
+  parts = _as_parts(x)
+  b, widths = _check_parts(parts, kernel, 'conv4x4_up')
+  _, h, w, _ = parts[0].shape
+  impl = _resolve(impl, parts[0])
   o = kernel.shape[-1]
   if impl == 'plain':
-    return lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN)
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    xc = jnp.concatenate([_broadcast_batch(p, b) for p in parts], axis=-1)
+    return lax.conv_transpose(xc, kernel, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN)
+  kernels = _kernel_parts(kernel, widths)
   # Tap (t, u) of parity (a, b) is kernel[2t + a, 2u + b]: regroup the 4x4 kernel into a
   # 2x2 kernel with output channels (a, b, o).
-  k2 = kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
-  if impl == 'matmul':
-    patches = jnp.concatenate(
-        [xp[:, t:t + h + 1, u:u + w + 1] for t in range(2) for u in range(2)], axis=-1)
-    r = jnp.dot(patches, k2.reshape(4 * c, 4 * o))
-  else:
-    r = lax.conv_general_dilated(xp, k2.reshape(2, 2, c, 4 * o), (1, 1), 'VALID',
-                                 dimension_numbers=_DN)
-  r = r.reshape(b, h + 1, w + 1, 2, 2, o)
+  terms = []
+  for p, kp, c in zip(parts, kernels, widths):
+    xp = jnp.pad(p, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    k2 = kp.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
+    if impl == 'matmul':
+      patches = jnp.concatenate(
+          [xp[:, t:t + h + 1, u:u + w + 1] for t in range(2) for u in range(2)], axis=-1)
+      terms.append(jnp.dot(patches, k2.reshape(4 * c, 4 * o)))
+    else:
+      terms.append(lax.conv_general_dilated(xp, k2.reshape(2, 2, c, 4 * o), (1, 1), 'VALID',
+                                            dimension_numbers=_DN))
+  r = _sum_parts(terms).reshape(b, h + 1, w + 1, 2, 2, o)
   # Output (2i + a, 2j + b) is window (i + a, j + b), channel block (a, b).
   y = jnp.stack([jnp.stack([r[:, a:a + h, p:p + w, a, p] for p in range(2)], axis=3)
                  for a in range(2)], axis=2)  # (B, H, 2, W, 2, O)
@@ -157,11 +221,10 @@ class _Conv4x4(nn.Module):
   bias_init: Any = nn.initializers.zeros_init()
   param_dtype: Any = jnp.float32
 
-  def _params(self, x):
-    _check_nhwc(x, type(self).__name__)
+  def _params(self, in_channels: int):
     # Created in nn.Conv's order and with its names and shapes, so the same key gives the
     # same initial values and SpectralNorm treats the kernel the same way.
-    kernel = self.param('kernel', self.kernel_init, (4, 4, x.shape[-1], self.features),
+    kernel = self.param('kernel', self.kernel_init, (4, 4, in_channels, self.features),
                         self.param_dtype)
     bias = self.param('bias', self.bias_init, (self.features,),
                       self.param_dtype) if self.use_bias else None
@@ -180,7 +243,8 @@ class Conv4x4Down(_Conv4x4):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (B, H/2, W/2, O); H and W must be even."""
-    kernel, bias = self._params(x)
+    _check_nhwc(x, type(self).__name__)
+    kernel, bias = self._params(x.shape[-1])
     y = conv4x4_down(x, kernel.astype(x.dtype), self.impl)
     return y if bias is None else y + bias.astype(x.dtype)
 
@@ -198,8 +262,16 @@ class ConvTranspose4x4Up(_Conv4x4):
   """
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, 2H, 2W, O)."""
-    kernel, bias = self._params(x)
-    y = conv4x4_up(x, kernel.astype(x.dtype), self.impl)
-    return y if bias is None else y + bias.astype(x.dtype)
+  def __call__(self, x) -> jax.Array:
+    """(B, H, W, C) -> (B, 2H, 2W, O).
+
+    `x` may be a sequence of channel parts of one input (see `conv4x4_up`): the layer then
+    has the parameters of the concatenated input and computes its function.
+    """
+    parts = _as_parts(x)
+    for p in parts:
+      _check_nhwc(p, type(self).__name__)
+    kernel, bias = self._params(sum(p.shape[-1] for p in parts))
+    dtype = parts[0].dtype
+    y = conv4x4_up(parts, kernel.astype(dtype), self.impl)
+    return y if bias is None else y + bias.astype(dtype)
