@@ -8,7 +8,10 @@ Builds the `bench` configuration of ../shared/peers/torch_cgml_bench.py (coloriz
   * the jitted training step (Algorithm 1, l inner steps) and inference (`cgml.sample`,
     T steps, K samples): median time, images/s, compile time;
   * XLA FLOPs per call (from the compiled program's `cost_analysis`) and achieved GFLOP/s,
-    next to this machine's f32 matmul rate (a 2048^2 matmul);
+    next to this machine's f32 matmul rate (a 2048^2 matmul), both for the program that
+    runs ("executed") and for the same computation built from plain flax layers without
+    sharing ("plain-equivalent", the work the model needs; see `plain_flops`);
+  * with --layers, every H and G layer timed alone in each form (`profile_layers`);
   * when torch is installed, the peer run in the same invocation (`--json` subprocess)
     and the JAX / torch ratios;
   * the time per training step as l grows and per inference call as T and K grow, as a
@@ -18,7 +21,7 @@ Timings on a shared machine are noisy: every number is the median of --steps cal
 two warm-up calls.
 
 Usage:
-  python benchmarks/bench.py [--steps N] [--json] [--out DIR] [--no-torch] [--smoke]
+  python benchmarks/bench.py [--steps N] [--json] [--out DIR] [--no-torch] [--layers] [--smoke]
 """
 
 from __future__ import annotations
@@ -136,16 +139,26 @@ def time_train(c, steps: int, inner_steps: int | None = None) -> dict:
           'gflops_per_s': flops / sec / 1e9, 'compile_s': compile_s}
 
 
-def plain_train_flops(c) -> float:
-  """XLA FLOPs of the training step built from the plain flax layers: the useful work.
+def plain_flops(c) -> tuple[float, float]:
+  """XLA FLOPs of the train step and of inference built from the plain flax layers.
 
-  The fast up-convolution also evaluates one extra row and column of windows, so its own
-  FLOP count is higher than the work the model needs; rates are quoted on this one too.
+  That is the work the model needs, counted the way XLA counts a plain convolution (taps
+  that fall on zero padding are not counted). The library's program differs both ways:
+  the fast up-convolution evaluates an extra row and column of windows (more FLOPs), and
+  the split-kernel generator skips the z step's gradient wrt the U-Net skips and runs
+  the skips once per input at inference (fewer FLOPs). Rates are quoted on both counts.
   """
   c = ml_collections.ConfigDict(c.to_dict())
   c.impl = 'plain'
   state, batch = make_state(c)
-  return _flops(jax.jit(cgml.train_step).lower(state, batch, jax.random.key(1)).compile())
+  train = _flops(jax.jit(cgml.train_step).lower(state, batch, jax.random.key(1)).compile())
+  # The plain-equivalent inference: H once, G on h repeated K times (no sharing).
+  def infer(state, x, key):
+    h = cgml._repeat(cgml.encode(state, x), c.num_samples)
+    z0 = cgml.sample_sphere(key, (x.shape[0] * c.num_samples, c.z_dim))
+    return cgml.generate(state, h, cgml.traverse_latent(state, h, z0, c.num_steps))
+  infer_flops = _flops(jax.jit(infer).lower(state, batch['x'], jax.random.key(2)).compile())
+  return train, infer_flops
 
 
 def time_infer(c, steps: int, state=None, num_steps: int | None = None,
@@ -167,6 +180,59 @@ def time_infer(c, steps: int, state=None, num_steps: int | None = None,
   return {'median_s': sec, 'best_s': best, 'images_per_s': c.batch_size * k / sec,
           'flops': flops,
           'gflops_per_s': flops / sec / 1e9, 'compile_s': compile_s}
+
+
+def layer_shapes(c) -> list[tuple[str, int, int, int]]:
+  """(kind, map side, C in, C out) of every H and G layer of the config."""
+  enc, gen, _ = build_conv_models(c.image_size, c.in_channels, c.out_channels, c.z_dim,
+                                  base_channels=c.base_channels, max_channels=c.max_channels,
+                                  latent_hidden=c.latent_hidden)
+  x = jax.ShapeDtypeStruct((1, c.image_size, c.image_size, c.in_channels), jnp.float32)
+  h = jax.eval_shape(lambda x: enc.apply(enc.init(jax.random.key(0), x), x), x)
+  sides = [c.image_size] + [f.shape[1] for f in h]
+  chans = [c.in_channels] + [f.shape[-1] for f in h]
+  rows = [('down', sides[i], chans[i], chans[i + 1]) for i in range(len(h))]
+  ins = [chans[-1] + c.z_dim] + [2 * w for w in chans[-2:0:-1]]
+  outs = chans[-2:0:-1] + [c.out_channels]
+  return rows + [('up', sides[-1 - i], ci, co) for i, (ci, co) in enumerate(zip(ins, outs))]
+
+
+def profile_layers(c, steps: int, impls=('plain', 'matmul', 'conv', 'auto')) -> list[dict]:
+  """Times every layer at the bench shapes (batch B) in each form, interleaved.
+
+  Per layer and impl: the forward, forward + input gradient (what the z step needs) and
+  forward + input and kernel gradients (the (H, G) step), median ms of `steps` rounds in
+  which every form runs once (so load drifts hit all forms alike), and the XLA FLOPs.
+  """
+  from cgml_jax.models.layers import conv4x4_down, conv4x4_up
+  rows = []
+  for kind, side, cin, cout in layer_shapes(c):
+    fn = conv4x4_down if kind == 'down' else conv4x4_up
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (c.batch_size, side, side, cin))
+    k = jax.random.normal(kk, (4, 4, cin, cout)) * 0.05
+    cot = jax.random.normal(kg, jax.eval_shape(lambda x, k: fn(x, k, 'plain'), x, k).shape)
+    fns = {}
+    for impl in impls:
+      def loss(x, k, impl=impl):
+        return jnp.sum(fn(x, k, impl) * cot)
+      fns[impl] = {'fwd': jax.jit(lambda x, k, impl=impl: fn(x, k, impl)),
+                   'fwd+dx': jax.jit(jax.grad(loss)),
+                   'fwd+dx+dk': jax.jit(jax.grad(loss, argnums=(0, 1)))}
+    for mode in ('fwd', 'fwd+dx', 'fwd+dx+dk'):
+      compiled = {i: fns[i][mode].lower(x, k).compile() for i in impls}
+      for f in compiled.values():
+        jax.block_until_ready(f(x, k))
+      times = {i: [] for i in impls}
+      for _ in range(steps):
+        for i, f in compiled.items():
+          t = time.perf_counter()
+          jax.block_until_ready(f(x, k))
+          times[i].append(time.perf_counter() - t)
+      for i in impls:
+        rows.append({'layer': f'{kind} {side}x{side} {cin}->{cout}', 'impl': i, 'mode': mode,
+                     'ms': 1e3 * float(np.median(times[i])), 'flops': _flops(compiled[i])})
+  return rows
 
 
 def run_peer(steps: int) -> dict | None:
@@ -212,6 +278,8 @@ def main(argv=None) -> dict:
   ap.add_argument('--no-torch', action='store_true', help='skip the PyTorch peer')
   ap.add_argument('--no-scaling', action='store_true', help='skip the l / T / K curves')
   ap.add_argument('--impl', default=None, help="override config.impl, e.g. 'plain'")
+  ap.add_argument('--layers', action='store_true',
+                  help='also time every layer in each form (plain, matmul, conv, auto)')
   ap.add_argument('--smoke', action='store_true', help='tiny sizes, for tests')
   a = ap.parse_args(argv)
   c = get_config(a.smoke)
@@ -228,11 +296,18 @@ def main(argv=None) -> dict:
   mm.append(matmul_rate(c.matmul_size, steps))
   res['matmul_gflops_per_s'] = max(m['best'] for m in mm)
   res['matmul_median_gflops_per_s'] = [m['median'] for m in mm]
-  t = res['train']
-  t['plain_flops'] = t['flops'] if c.impl == 'plain' or a.smoke else plain_train_flops(c)
-  # Best-of-N against best-of-N: the least disturbed call of each.
-  t['useful_gflops_per_s_best'] = t['plain_flops'] / t['best_s'] / 1e9
-  t['fraction_of_matmul'] = t['useful_gflops_per_s_best'] / res['matmul_gflops_per_s']
+  pf = plain_flops(c)
+  for name, flops in zip(('train', 'infer'), pf):
+    t = res[name]
+    t['plain_flops'] = flops
+    # Best-of-N against best-of-N: the least disturbed call of each.
+    t['plain_gflops_per_s_best'] = flops / t['best_s'] / 1e9
+    t['executed_gflops_per_s_best'] = t['flops'] / t['best_s'] / 1e9
+    t['fraction_of_matmul'] = t['plain_gflops_per_s_best'] / res['matmul_gflops_per_s']
+    t['executed_fraction_of_matmul'] = (t['executed_gflops_per_s_best']
+                                        / res['matmul_gflops_per_s'])
+  if a.layers:
+    res['layers'] = profile_layers(c, steps)
   if not a.no_scaling:
     scan_steps = steps
     res['train_vs_l'] = [dict(value=l, **time_train(c, scan_steps, inner_steps=l))
@@ -265,10 +340,21 @@ def main(argv=None) -> dict:
     t = f"{peer[name]['images_per_s']:.1f} | {res['ratio_' + name]:.2f}x" if peer else '- | -'
     print(f"| {name} | {r['median_s'] * 1e3:.1f} | {r['images_per_s']:.1f} | "
           f"{r['flops'] / 1e9:.2f} | {r['gflops_per_s']:.1f} | {r['compile_s']:.1f} | {t} |")
-  t = res['train']
-  print(f"train: useful (plain-layer) {t['plain_flops'] / 1e9:.2f} GFLOP/step; best step "
-        f"{t['best_s'] * 1e3:.0f} ms -> {t['useful_gflops_per_s_best']:.1f} GFLOP/s = "
-        f"{100 * t['fraction_of_matmul']:.0f}% of the best matmul rate")
+  for name in ('train', 'infer'):
+    t = res[name]
+    print(f"{name}: best call {t['best_s'] * 1e3:.0f} ms; plain-equivalent "
+          f"{t['plain_flops'] / 1e9:.2f} GFLOP -> {t['plain_gflops_per_s_best']:.1f} GFLOP/s = "
+          f"{100 * t['fraction_of_matmul']:.0f}% of the best matmul rate; executed "
+          f"{t['flops'] / 1e9:.2f} GFLOP -> {t['executed_gflops_per_s_best']:.1f} GFLOP/s = "
+          f"{100 * t['executed_fraction_of_matmul']:.0f}%")
+  if 'layers' in res:
+    print('| layer | mode | ' + ' | '.join(f'{i} ms (GFLOP)' for i in
+                                          dict.fromkeys(r['impl'] for r in res['layers'])) + ' |')
+    print('|---|---|' + '---|' * len(dict.fromkeys(r['impl'] for r in res['layers'])))
+    for key in dict.fromkeys((r['layer'], r['mode']) for r in res['layers']):
+      cells = [f"{r['ms']:.1f} ({r['flops'] / 1e9:.2f})" for r in res['layers']
+               if (r['layer'], r['mode']) == key]
+      print(f'| {key[0]} | {key[1]} | ' + ' | '.join(cells) + ' |')
   for name, label in (('train_vs_l', 'l'), ('infer_vs_T', 'T'), ('infer_vs_K', 'K')):
     if name in res:
       cells = ', '.join(f"{label}={r['value']}: {r['median_s'] * 1e3:.0f} ms "
