@@ -207,6 +207,9 @@ class Hyper:
     latent_init: 'random' draws z_0 afresh per batch; 'persistent' reads and writes a
       per-example table indexed by `batch['index']`.
     clip_step: inference only; see `eq4_step` (not in the paper, off by default).
+    step_size_decay: not in the paper (1.0, a constant beta, by default): inner iteration
+      t = 0, ..., l - 1 uses beta * step_size_decay^t, so z can leave a wrong region with
+      long early steps and then settle instead of jumping about its mode.
   """
   z_dim: int
   step_size: float = 1.0
@@ -216,6 +219,7 @@ class Hyper:
   generator_update: str = 'every'
   latent_init: str = 'random'
   clip_step: bool = False
+  step_size_decay: float = 1.0
 
   def __post_init__(self):
     if self.z_dim < 1:
@@ -224,6 +228,8 @@ class Hyper:
       raise ValueError(f'inner_steps must be >= 1, got {self.inner_steps}')
     if self.step_size <= 0:
       raise ValueError(f'step_size (beta) must be > 0, got {self.step_size}')
+    if not 0 < self.step_size_decay <= 1:
+      raise ValueError(f'step_size_decay must be in (0, 1], got {self.step_size_decay}')
     if self.generator_update not in GENERATOR_UPDATES:
       raise ValueError(f'generator_update must be one of {GENERATOR_UPDATES}, '
                        f'got {self.generator_update!r}')
@@ -360,7 +366,7 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
   def encode(params_enc, stats):
     return _apply(state.encoder, params_enc, stats['encoder'], x, train=True)
 
-  def inner(carry, update_hg: bool):
+  def inner(carry, t, update_hg: bool):
     params, stats, opt_state, z = carry
     if update_hg:
       (h, enc_stats), enc_vjp = jax.vjp(lambda p: encode(p, stats), params['encoder'])
@@ -375,7 +381,8 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
                      train=False)[0]
       return state.loss_fn(y_hat, batch)
 
-    z_next, errors = z_step(error_at, z, hp.step_size)
+    beta = hp.step_size if hp.step_size_decay == 1 else hp.step_size * hp.step_size_decay ** t
+    z_next, errors = z_step(error_at, z, beta)
     z_next = stop(z_next)
     # 2. momentum target.
     rho = rho_target(z, z_next, hp.alpha)
@@ -424,14 +431,14 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
   # generic path (bench config, l = 3: 23 s per step rolled, 2 s unrolled); l is small.
   # scan(unroll=True) of length 1 still emits a loop, hence the direct call.
   if n_scan == 1:
-    carry, m = inner(carry, update_hg=every)
+    carry, m = inner(carry, 0, update_hg=every)
     ms.append(jax.tree.map(lambda a: a[None], m))
   elif n_scan:
-    carry, m = jax.lax.scan(lambda c, _: inner(c, update_hg=every), carry, length=n_scan,
-                            unroll=True)
+    carry, m = jax.lax.scan(lambda c, t: inner(c, t, update_hg=every), carry,
+                            jnp.arange(n_scan), unroll=True)
     ms.append(m)
   if not every:
-    carry, m = inner(carry, update_hg=True)
+    carry, m = inner(carry, n_scan, update_hg=True)
     ms.append(jax.tree.map(lambda a: a[None], m))
   m = jax.tree.map(lambda *a: jnp.concatenate(a), *ms)
   params, stats, opt_state, z_final = carry

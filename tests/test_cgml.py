@@ -87,9 +87,10 @@ def test_eq4_step_matches_numpy():
 
 
 def make_state(generator_update='every', latent_init='random', inner_steps=3, z_dim=3,
-               seed=0):
+               seed=0, step_size_decay=1.0):
   hp = cgml.Hyper(z_dim=z_dim, step_size=0.5, alpha=1.0, inner_steps=inner_steps,
-                  generator_update=generator_update, latent_init=latent_init)
+                  generator_update=generator_update, latent_init=latent_init,
+                  step_size_decay=step_size_decay)
   x, y = fixed_batch()
   return cgml.CGMLState.create(
       jax.random.key(seed), x, encoder=MLPEncoder(width=32, h_dim=8),
@@ -200,6 +201,25 @@ def test_persistent_latents_are_read_and_written_by_index():
   np.testing.assert_allclose(np.linalg.norm(table1, axis=-1), 1.0, rtol=1e-5)
   with pytest.raises(KeyError, match='index'):
     cgml.train_step(state, {'x': b['x'], 'y': b['y']}, jax.random.key(0))
+
+
+def test_step_size_decay_shrinks_beta_per_inner_step():
+  # With generator_update='last' every z step of the batch sees the initial H, G, so the
+  # final latents (written to the persistent table) are l hand-made z steps with
+  # beta * decay^t.
+  state = make_state(generator_update='last', latent_init='persistent', step_size_decay=0.5)
+  b = batch()
+  new, _ = STEP(state, b, jax.random.key(0))
+  h = cgml.encode(state, b['x'])
+  z = state.z_table[b['index']]
+  for t in range(3):
+    z, _ = cgml.z_step(lambda z: cgml.l1_error(cgml.generate(state, h, z), b), z, 0.5 * 0.5 ** t)
+  np.testing.assert_allclose(new.z_table, z, atol=1e-5)
+  const, _ = STEP(make_state(generator_update='last', latent_init='persistent'), b,
+                  jax.random.key(0))
+  assert not np.allclose(const.z_table, z, atol=1e-3)
+  with pytest.raises(ValueError, match='step_size_decay'):
+    cgml.Hyper(z_dim=3, step_size_decay=0.0)
 
 
 def test_bad_inputs_raise_clear_errors():
