@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # drive G into saturation at -1, where it stops learning (observed: all-black holes).
   c.model.out_activation = 'none'
 
-  c.train.steps = 3000         # per model; ~6 (L1) and ~8 (cGML) min on 2 busy CPU cores
+  c.train.steps = 3000         # per model; 4-6 (L1) and 9-10 (cGML) min on 2 busy CPU cores
   c.train.inner_steps = 2
   c.train.lr = 1e-3
   c.train.log_every = 200
