@@ -3,6 +3,11 @@
   python -m experiments.run --config=experiments/toy.py --workdir=/tmp/toy
   python -m experiments.run --config=experiments/toy.py:smoke --workdir=/tmp/toy_smoke
   python -m experiments.run --config=experiments/toy.py --config.data.modes='(4.,-4.,2.)'
+  python -m experiments.run --config=experiments/toy.py:multimode --config.data.modes='(-4.,0.,4.)'
+
+`multimode` is the setting that reaches the targets with 3 modes (see README, toy section):
+l = 16 inner steps with beta decaying 2 -> 0.07 across them (not in the paper), batch 128.
+With 2 modes it is worse than the default (more phantoms), hence a separate preset.
 """
 
 import ml_collections
@@ -33,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.latent = ml_collections.ConfigDict()
   c.latent.init = 'random'      # 'random': fresh z_0 per batch; 'persistent': per-example table
-  c.latent.step_size = 1.0      # beta of the z step
+  c.latent.step_size = 1.0      # beta of the z step (of the first inner step if decayed)
+  c.latent.step_size_decay = 1.0  # not in the paper (1 there): inner step t uses beta * decay^t
   c.latent.alpha = 1.0          # rho = alpha * ||z' - z||
   c.latent.use_momentum = True  # False = the "w/o rho" ablation for the 'cgml' method too
   c.latent.traverse_steps = 50  # T of Eq. 4 at inference
@@ -87,6 +93,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.plots = False
     c.checkpoint.every = 10
     c.logging.images = False
+  elif arg == 'multimode':
+    # z must leave a wrong mode's region in the first inner steps and then stay put: long
+    # early steps, short late ones. Batch 128 keeps the cost of l = 16 near that of 256 x 8.
+    c.train.inner_steps = 16
+    c.data.batch_size = 128
+    c.latent.step_size = 2.0
+    c.latent.step_size_decay = 0.8   # beta_t = 2 * 0.8^t: 2.0 at t = 0, 0.07 at t = 15
   elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; expected nothing or "smoke"')
+    raise ValueError(f'unknown config argument {arg!r}; expected nothing, "smoke" or '
+                     '"multimode"')
   return c
