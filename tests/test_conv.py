@@ -137,3 +137,18 @@ def test_sample_axis_matches_repeated_inputs(z_injection):
   a, b = run(x, z)
   for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(u, v, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('z_injection', ['bottleneck', 'all'])
+def test_empty_z_of_the_l1_baseline(z_injection):
+  # The L1 baseline (regression.py) calls G with z of shape (B, 0); reshaping it with -1
+  # once raised ZeroDivisionError and broke every image task's L1 run.
+  enc, gen, _ = build_conv_models(32, 1, 2, Z_DIM, **SMALL, z_injection=z_injection)
+  x = jax.ShapeDtypeStruct((B, 32, 32, 1), jnp.float32)
+  z = jax.ShapeDtypeStruct((B, 0), jnp.float32)
+
+  def run(x, z):
+    h = enc.apply(enc.init(jax.random.key(0), x), x)
+    return gen.apply(gen.init(jax.random.key(1), h, z), h, z)
+
+  assert jax.eval_shape(run, x, z).shape == (B, 32, 32, 2)

@@ -176,7 +176,8 @@ class ConvGenerator(nn.Module):
       raise ValueError(f'ConvGenerator expects z of shape (B, n) or (B, K, n) with B = '
                        f'{b}, got {z.shape}')
     k = z.shape[1] if z.ndim == 3 else None
-    z = z.reshape(-1, z.shape[-1])  # (B K, n), rows grouped by input
+    # (B K, n), rows grouped by input; n may be 0 (the L1 baseline's empty z), hence no -1.
+    z = z.reshape(b * (k or 1), z.shape[-1])
 
     def up(features, parts):
       layer = ConvTranspose4x4Up(features, impl=self.impl)
