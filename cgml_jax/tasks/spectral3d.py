@@ -73,7 +73,7 @@ from cgml_jax.losses import masked_l1
 from cgml_jax.models.conv import build_conv_models
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import methods as peers
-from cgml_jax.probe import linear_probe
+from cgml_jax.probe import chunked, linear_probe
 from cgml_jax.tasks.toy import BatchIterator
 
 METHODS = ('l1', 'cgml', 'context_encoder')
@@ -324,29 +324,17 @@ def _features_chunk(encoder, variables, x):
   return h[-1].reshape(h[-1].shape[0], -1)
 
 
-def _chunks(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
-  """fn over fixed-size chunks of x (last one padded, so one compilation)."""
-  outs = []
-  for start in range(0, len(x), batch_size):
-    part = x[start:start + batch_size]
-    pad = batch_size - len(part)
-    if pad:
-      part = np.concatenate([part, np.repeat(part[-1:], pad, 0)], 0)
-    outs.append(np.asarray(fn(jnp.asarray(part)))[:batch_size - pad])
-  return np.concatenate(outs, 0)
-
-
 def predict(method: str, state, x: np.ndarray, key: jax.Array, config) -> np.ndarray:
   """(N, K, S, S, C) outputs (K = 1 for the deterministic methods)."""
   e = config.eval
-  return _chunks(lambda xx: _predict_chunk(method, state, xx, e.num_samples,
+  return chunked(lambda xx: _predict_chunk(method, state, xx, e.num_samples,
                                            config.latent.traverse_steps, key), x, e.batch_size)
 
 
 def encoder_features(state, x: np.ndarray, batch_size: int) -> np.ndarray:
   """Flattened bottleneck H(x)[-1] of the frozen encoder of a trained state, (N, D)."""
   variables = {'params': state.params['encoder'], **state.stats['encoder']}
-  return _chunks(lambda xx: _features_chunk(state.encoder, variables, xx), x, batch_size)
+  return chunked(lambda xx: _features_chunk(state.encoder, variables, xx), x, batch_size)
 
 
 def random_encoder_features(config, key: jax.Array, x_train: np.ndarray, x_test: np.ndarray):
@@ -356,7 +344,7 @@ def random_encoder_features(config, key: jax.Array, x_train: np.ndarray, x_test:
   k_enc, _ = jax.random.split(key)  # as `RegressionState.create` draws H's parameters
   variables = jax.jit(enc.init)(k_enc, jnp.asarray(x_train[:1]))
   bs = config.eval.batch_size
-  return tuple(_chunks(lambda xx: _features_chunk(enc, variables, xx), x, bs)
+  return tuple(chunked(lambda xx: _features_chunk(enc, variables, xx), x, bs)
                for x in (x_train, x_test))
 
 
