@@ -73,7 +73,8 @@ from cgml_jax.losses import masked_l1
 from cgml_jax.models.conv import build_conv_models
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import methods as peers
-from cgml_jax.probe import chunked, linear_probe
+from cgml_jax import probe as probe_lib
+from cgml_jax.probe import chunked, encoder_features, linear_probe
 from cgml_jax.tasks.toy import BatchIterator
 
 METHODS = ('l1', 'cgml', 'context_encoder')
@@ -318,23 +319,11 @@ def _predict_chunk(method, state, x, num_samples, num_steps, key):
   return cgml.sample(state, x, key, num_samples, num_steps)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _features_chunk(encoder, variables, x):
-  h = encoder.apply(variables, x, train=False)
-  return h[-1].reshape(h[-1].shape[0], -1)
-
-
 def predict(method: str, state, x: np.ndarray, key: jax.Array, config) -> np.ndarray:
   """(N, K, S, S, C) outputs (K = 1 for the deterministic methods)."""
   e = config.eval
   return chunked(lambda xx: _predict_chunk(method, state, xx, e.num_samples,
                                            config.latent.traverse_steps, key), x, e.batch_size)
-
-
-def encoder_features(state, x: np.ndarray, batch_size: int) -> np.ndarray:
-  """Flattened bottleneck H(x)[-1] of the frozen encoder of a trained state, (N, D)."""
-  variables = {'params': state.params['encoder'], **state.stats['encoder']}
-  return chunked(lambda xx: _features_chunk(state.encoder, variables, xx), x, batch_size)
 
 
 def random_encoder_features(config, key: jax.Array, x_train: np.ndarray, x_test: np.ndarray):
@@ -344,8 +333,7 @@ def random_encoder_features(config, key: jax.Array, x_train: np.ndarray, x_test:
   k_enc, _ = jax.random.split(key)  # as `RegressionState.create` draws H's parameters
   variables = jax.jit(enc.init)(k_enc, jnp.asarray(x_train[:1]))
   bs = config.eval.batch_size
-  return tuple(chunked(lambda xx: _features_chunk(enc, variables, xx), x, bs)
-               for x in (x_train, x_test))
+  return tuple(probe_lib.features(enc, variables, x, bs) for x in (x_train, x_test))
 
 
 # ---------------------------------------------------------------------------------------
