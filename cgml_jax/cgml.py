@@ -33,6 +33,15 @@ Optionally, a generator with the class attribute `accepts_sample_axis = True` al
 z of shape (B, K, n) with h of batch B and returns (B, K, ...), the outputs for each input
 and each of its K latents; `sample` then uses it instead of repeating h K times.
 
+Optionally, a generator with the class attribute `shares_h_terms = True` also takes two
+keywords: `generator(h, z, train=False, only_h_terms=True) -> c`, a pytree of what G
+computes from h alone (a function of h and G's parameters; z only gives shapes), and
+`generator(h, z, train=..., h_terms=c)`, the same y as without `h_terms`, but reading c
+instead of recomputing it. `train_step` then computes c once per inner step, with its VJP
+like H's, for both the z step and the (H, G) step, which read the same h at the same
+parameters (a spectrally normalised G must therefore normalise its kernels the same way
+with train=True and train=False, as flax's SpectralNorm does between two updates).
+
 `train=True` lets layers update non-parameter state (spectral-norm power iterations in
 the `batch_stats` collection); the z step and inference use `train=False`.
 
@@ -210,6 +219,10 @@ class Hyper:
     step_size_decay: not in the paper (1.0, a constant beta, by default): inner iteration
       t = 0, ..., l - 1 uses beta * step_size_decay^t, so z can leave a wrong region with
       long early steps and then settle instead of jumping about its mode.
+    unroll: run the l inner iterations as an unrolled `lax.scan` (True, the default:
+      XLA:CPU runs convolutions inside a `while` loop through a slow generic path) or as a
+      rolled one (False: one copy of the body, so compile time does not grow with l; the
+      right choice for MLPs). The two compute the same function.
   """
   z_dim: int
   step_size: float = 1.0
@@ -220,6 +233,7 @@ class Hyper:
   latent_init: str = 'random'
   clip_step: bool = False
   step_size_decay: float = 1.0
+  unroll: bool = True
 
   def __post_init__(self):
     if self.z_dim < 1:
@@ -305,13 +319,13 @@ def _hg(tree):
   return {'encoder': tree['encoder'], 'generator': tree['generator']}
 
 
-def _apply(module: nn.Module, params, stats, *args, train: bool):
+def _apply(module: nn.Module, params, stats, *args, train: bool, **kwargs):
   """Applies `module`; with train=True also returns its updated non-param collections."""
   variables = {'params': params, **stats}
   if train and stats:
-    out, new_stats = module.apply(variables, *args, train=True, mutable=list(stats))
+    out, new_stats = module.apply(variables, *args, train=True, mutable=list(stats), **kwargs)
     return out, dict(new_stats)
-  return module.apply(variables, *args, train=train), stats
+  return module.apply(variables, *args, train=train, **kwargs), stats
 
 
 def _check_batch(state: CGMLState, batch: dict) -> int:
@@ -341,8 +355,8 @@ def initial_latents(state: CGMLState, batch: dict, key: jax.Array) -> jax.Array:
 def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState, dict]:
   r"""Algorithm 1 on one batch: l inner iterations of z step, Z step and (H, G) step.
 
-  All l inner iterations run inside this one function as an unrolled `lax.scan`, so under `jit`
-  they are one XLA program. With `hp.generator_update == 'last'`, the first l - 1
+  All l inner iterations run inside this one function as a `lax.scan` (unrolled unless
+  `hp.unroll` is False), so under `jit` they are one XLA program. With `hp.generator_update == 'last'`, the first l - 1
   iterations only move z and train Z, and H, G take one step after the last.
 
   Args:
@@ -374,11 +388,24 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
       h = _apply(state.encoder, params['encoder'], stats['encoder'], x, train=False)[0]
       enc_stats = stats['encoder']
     h_frozen = stop(h)
+    # What G computes from h alone, once for the z step and the (H, G) step (see the
+    # module docstring); gen_kw passes it to G's calls.
+    gen_kw = {}
+    if share_h_terms:
+      def h_terms_of(params_gen, h):
+        return _apply(state.generator, params_gen, stats['generator'], h, z, train=False,
+                      only_h_terms=True)[0]
+
+      if update_hg:
+        h_terms, h_terms_vjp = jax.vjp(h_terms_of, params['generator'], h)
+      else:
+        h_terms = h_terms_of(params['generator'], h_frozen)
+      gen_kw = {'h_terms': stop(h_terms)}
 
     # 1. z step: H, G, Z frozen, gradient with respect to z only.
     def error_at(z):
       y_hat = _apply(state.generator, params['generator'], stats['generator'], h_frozen, z,
-                     train=False)[0]
+                     train=False, **gen_kw)[0]
       return state.loss_fn(y_hat, batch)
 
     beta = hp.step_size if hp.step_size_decay == 1 else hp.step_size * hp.step_size_decay ** t
@@ -402,13 +429,18 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
 
     # 4. H, G step with Z and z' fixed. H ran once above; its VJP turns dE/dh into dE/dH.
     if update_hg:
-      def hg_loss(params_gen, h):
+      def hg_loss(params_gen, h, h_terms):
+        kw = {'h_terms': h_terms} if share_h_terms else {}
         y_hat, gen_stats = _apply(state.generator, params_gen, stats['generator'], h, z_next,
-                                  train=True)
+                                  train=True, **kw)
         return state.loss_fn(y_hat, batch).mean(), gen_stats
 
-      (loss_e, gen_stats), (grads_gen, grads_h) = jax.value_and_grad(
-          hg_loss, argnums=(0, 1), has_aux=True)(params['generator'], h)
+      terms_in = h_terms if share_h_terms else None
+      (loss_e, gen_stats), (grads_gen, grads_h, grads_terms) = jax.value_and_grad(
+          hg_loss, argnums=(0, 1, 2), has_aux=True)(params['generator'], h, terms_in)
+      if share_h_terms:  # the terms' share of the gradients, through their VJP
+        grads_gen, grads_h = jax.tree.map(jnp.add, (grads_gen, grads_h),
+                                          h_terms_vjp(grads_terms))
       (grads_enc,) = enc_vjp((grads_h, jax.tree.map(jnp.zeros_like, enc_stats)))
       grads = {'encoder': grads_enc, 'generator': grads_gen}
       updates, opt_hg = state.tx_hg.update(grads, opt_state['hg'], _hg(params))
@@ -422,20 +454,21 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
                'dz': jnp.mean(jnp.linalg.norm(z_next - z, axis=-1))}
     return (params, stats, opt_state, z_next), metrics
 
+  share_h_terms = getattr(state.generator, 'shares_h_terms', False)
   z0 = initial_latents(state, batch, key)
   carry = (state.params, state.stats, state.opt_state, z0)
   every = hp.generator_update == 'every'
   n_scan = hp.inner_steps if every else hp.inner_steps - 1
   ms = []
-  # Unrolled: XLA:CPU runs convolutions and dots inside a while loop through a slow
-  # generic path (bench config, l = 3: 23 s per step rolled, 2 s unrolled); l is small.
-  # scan(unroll=True) of length 1 still emits a loop, hence the direct call.
+  # Unrolled by default: XLA:CPU runs convolutions and dots inside a while loop through a
+  # slow generic path (bench config, l = 3: 23 s per step rolled, 2 s unrolled); l is
+  # small. scan(unroll=True) of length 1 still emits a loop, hence the direct call.
   if n_scan == 1:
     carry, m = inner(carry, 0, update_hg=every)
     ms.append(jax.tree.map(lambda a: a[None], m))
   elif n_scan:
     carry, m = jax.lax.scan(lambda c, t: inner(c, t, update_hg=every), carry,
-                            jnp.arange(n_scan), unroll=True)
+                            jnp.arange(n_scan), unroll=hp.unroll)
     ms.append(m)
   if not every:
     carry, m = inner(carry, n_scan, update_hg=True)

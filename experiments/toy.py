@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.steps = 2000
   c.train.inner_steps = 8       # l of Algorithm 1
   c.train.generator_update = 'every'  # 'every' inner step (Algorithm 1) or 'last' only
+  c.train.unroll = False        # rolled inner scan: MLPs compile faster rolled, same function
   c.train.lr = 1e-3             # Adam, (H, G)
   c.train.lr_latent = 1e-3      # Adam, Z
   c.train.schedule = 'cosine'

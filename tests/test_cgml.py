@@ -87,10 +87,10 @@ def test_eq4_step_matches_numpy():
 
 
 def make_state(generator_update='every', latent_init='random', inner_steps=3, z_dim=3,
-               seed=0, step_size_decay=1.0):
+               seed=0, step_size_decay=1.0, unroll=True):
   hp = cgml.Hyper(z_dim=z_dim, step_size=0.5, alpha=1.0, inner_steps=inner_steps,
                   generator_update=generator_update, latent_init=latent_init,
-                  step_size_decay=step_size_decay)
+                  step_size_decay=step_size_decay, unroll=unroll)
   x, y = fixed_batch()
   return cgml.CGMLState.create(
       jax.random.key(seed), x, encoder=MLPEncoder(width=32, h_dim=8),
@@ -165,6 +165,19 @@ def test_whole_inner_loop_is_one_scan_in_one_jitted_step():
     jaxpr = jax.make_jaxpr(cgml.train_step)(state, batch(), jax.random.key(0))
     scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'scan']
     assert [e.params['length'] for e in scans] == [l]
+
+
+def test_rolled_inner_scan_computes_the_same_step():
+  # hp.unroll only changes how XLA runs the l inner iterations, not what they compute.
+  new = {}
+  for unroll in (True, False):
+    state = make_state(step_size_decay=0.7, unroll=unroll)
+    new[unroll], metrics = STEP(state, batch(), jax.random.key(0))
+    assert np.isfinite(float(metrics['E']))
+  for u, v in zip(jax.tree.leaves(new[True].params), jax.tree.leaves(new[False].params)):
+    np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+  assert not all(np.allclose(u, v) for u, v in zip(jax.tree.leaves(new[True].params),
+                                                   jax.tree.leaves(make_state().params)))
 
 
 @pytest.mark.parametrize('mode,expected', [('every', 4), ('last', 1)])

@@ -167,7 +167,8 @@ def train_method(method: str, config, data: dict, key: jax.Array, workdir: str |
                     use_momentum=(method == 'cgml') and config.latent.use_momentum,
                     generator_update=config.train.generator_update,
                     latent_init=config.latent.init, clip_step=config.latent.clip_step,
-                    step_size_decay=config.latent.step_size_decay)
+                    step_size_decay=config.latent.step_size_decay,
+                    unroll=config.train.unroll)
     state = cgml.CGMLState.create(k_init, x0, encoder=enc, generator=gen, latent_net=lat,
                                   tx_hg=tx_hg, tx_latent=tx_lat, hp=hp,
                                   num_examples=len(data['x']))
