@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from cgml_jax import cgml
 from cgml_jax.models.conv import (ConvEncoder, ConvGenerator, build_conv_models,
                                   padded_size)
 
@@ -152,3 +154,33 @@ def test_empty_z_of_the_l1_baseline(z_injection):
     return gen.apply(gen.init(jax.random.key(1), h, z), h, z)
 
   assert jax.eval_shape(run, x, z).shape == (B, 32, 32, 2)
+
+
+class _UnsharedGenerator(ConvGenerator):
+  shares_h_terms = False  # cgml.train_step then runs G's h-only parts in each call
+
+
+def test_train_step_with_shared_h_terms_is_unchanged():
+  # cgml.train_step computes G's h-only terms (the bottleneck's and the skips'
+  # contributions) once per inner step for the z step and the (H, G) step; the new state
+  # and metrics must be those of recomputing them in each call (so the terms carry their
+  # share of every gradient). z goes into every layer, next to each h-only part.
+  enc, gen, lat = build_conv_models(8, 1, 2, Z_DIM, z_injection='all', **SMALL)
+  assert gen.shares_h_terms
+  unshared = _UnsharedGenerator(**{f: getattr(gen, f) for f in (
+      'out_channels', 'image_size', 'bottleneck_size', 'z_injection', 'spectral_norm',
+      'lipschitz', 'out_activation', 'impl')})
+  hp = cgml.Hyper(z_dim=Z_DIM, step_size=0.5, inner_steps=1)
+  kx, ky = jax.random.split(jax.random.key(8))
+  b = {'x': jax.random.normal(kx, (4, 8, 8, 1)), 'y': jax.random.normal(ky, (4, 8, 8, 2))}
+  tx = optax.sgd(0.1)
+  state = cgml.CGMLState.create(jax.random.key(9), b['x'], encoder=enc, generator=gen,
+                                latent_net=lat, tx_hg=tx, tx_latent=tx, hp=hp)
+  out = []
+  for g in (gen, unshared):  # same parameters: the attribute does not change them
+    new, metrics = jax.jit(cgml.train_step)(state.replace(generator=g), b, jax.random.key(10))
+    out.append((new.params, new.stats, new.opt_state, metrics))
+    assert not np.allclose(new.params['generator']['ConvTranspose4x4Up_0']['kernel'],
+                           state.params['generator']['ConvTranspose4x4Up_0']['kernel'])
+  for u, v in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
+    np.testing.assert_allclose(u, v, atol=1e-5, rtol=1e-5)

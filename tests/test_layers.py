@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgml_jax.models.layers import Conv4x4Down, ConvTranspose4x4Up, conv4x4_down, conv4x4_up
+from cgml_jax.models.layers import (Conv4x4Down, ConvTranspose4x4Up, conv4x4_down, conv4x4_up,
+                                     conv4x4_up_terms)
 from cgml_jax.models.lipschitz import SpectralNorm
 
 TOL = 1e-5
@@ -151,3 +152,32 @@ def test_up_module_takes_parts_with_the_concat_parameters():
     conv4x4_up([jnp.ones((3, 2, 2, 1)), jnp.ones((2, 2, 2, 1))], jnp.ones((4, 4, 2, 1)))
   with pytest.raises(ValueError, match='share H and W'):
     conv4x4_up([jnp.ones((2, 2, 2, 1)), jnp.ones((2, 4, 4, 1))], jnp.ones((4, 4, 2, 1)))
+
+
+@pytest.mark.parametrize('impl', ['matmul', 'conv', 'plain'])
+def test_up_reused_terms_give_the_same_values_and_gradients(impl):
+  # A part's term from conv4x4_up_terms, passed back as terms=, must give the layer's
+  # output; gradients then reach the kernel and that part through the term.
+  keys = jax.random.split(jax.random.key(5), 4)
+  parts = [jax.random.normal(keys[0], (2, 4, 4, 3)), jax.random.normal(keys[1], (2, 4, 4, 5))]
+  kernel = jax.random.normal(keys[2], (4, 4, 8, 3))
+  cot = jax.random.normal(keys[3], (2, 8, 8, 3))
+
+  @jax.jit
+  def run(parts, kernel):
+    def reused(parts, kernel):
+      terms = conv4x4_up_terms(parts, kernel, [False, True], impl)
+      assert terms[0] is None
+      return jnp.sum(conv4x4_up(parts, kernel, impl, terms=terms) * cot)
+
+    def direct(parts, kernel):
+      return jnp.sum(conv4x4_up(parts, kernel, impl) * cot)
+
+    return [jax.value_and_grad(f, argnums=(0, 1))(parts, kernel) for f in (reused, direct)]
+
+  reused, direct = run(parts, kernel)
+  _assert_close(reused, direct)
+  with pytest.raises(ValueError, match='does not fit part'):
+    conv4x4_up(parts, kernel, impl, terms=[None, jnp.ones((2, 3, 3, 3))])
+  with pytest.raises(ValueError, match='2 input parts'):
+    conv4x4_up(parts, kernel, impl, terms=[None])

@@ -145,9 +145,13 @@ class ConvGenerator(nn.Module):
   # cgml.sample may pass z with a sample axis (B, K, n) and the un-repeated h (see
   # `__call__`); modules without this attribute get h repeated K times instead.
   accepts_sample_axis = True
+  # cgml.train_step may compute the h-only terms once per inner step (`only_h_terms`) and
+  # pass them to the z step's and the (H, G) step's calls (`h_terms`).
+  shares_h_terms = True
 
   @nn.compact
-  def __call__(self, h: Sequence[jax.Array], z: jax.Array, *, train: bool = False):
+  def __call__(self, h: Sequence[jax.Array], z: jax.Array, *, train: bool = False,
+               h_terms=None, only_h_terms: bool = False):
     """Decodes features and a latent.
 
     Every transposed conv reads the concatenation [decoder feature, skip (, z map)] as
@@ -156,14 +160,25 @@ class ConvGenerator(nn.Module):
     the parts that depend on h alone are computed once per input even when each input
     has K latents.
 
+    Those h-only parts (the bottleneck into the first layer, the skip into each later
+    one) can also be computed once and reused: `only_h_terms=True` returns their
+    convolutions (`layers.conv4x4_up_terms`, one per layer, a function of h and the
+    parameters only), and `h_terms=` those terms gives the same y without recomputing
+    them (cGML's z step and (H, G) step read the same h at the same parameters).
+
     Args:
       h: the encoder's tuple of feature maps (B, ...), coarsest last.
-      z: (B, n) latents, or (B, K, n): K latents per input.
+      z: (B, n) latents, or (B, K, n): K latents per input (only its shape is read when
+        `only_h_terms`).
       train: update spectral-norm statistics.
+      h_terms: optional, the result of `only_h_terms=True` for the same h, parameters,
+        spectral-norm statistics and `train=False`.
+      only_h_terms: return the h-only terms instead of y.
 
     Returns:
       y (B, S, S, out_channels), or (B, K, S, S, out_channels) for z of shape (B, K, n);
-      y[:, k] equals the output for h and z[:, k].
+      y[:, k] equals the output for h and z[:, k]. With `only_h_terms`, a tuple of one
+      array per layer.
     """
     if self.z_injection not in Z_INJECTIONS:
       raise ValueError(f'z_injection must be one of {Z_INJECTIONS}, got {self.z_injection!r}')
@@ -179,20 +194,41 @@ class ConvGenerator(nn.Module):
     # (B K, n), rows grouped by input; n may be 0 (the L1 baseline's empty z), hence no -1.
     z = z.reshape(b * (k or 1), z.shape[-1])
 
-    def up(features, parts):
-      layer = ConvTranspose4x4Up(features, impl=self.impl)
-      return maybe_spectral_norm(layer, self.spectral_norm, self.lipschitz)(parts, train=train)
+    num_layers = len(h)
+    if h_terms is not None and len(h_terms) != num_layers:
+      raise ValueError(f'h_terms has {len(h_terms)} entries for a generator of {num_layers} '
+                       'layers')
+    terms_out = []
 
-    parts = [h[-1], _broadcast_to_map(z, h[-1])]
-    for skip in reversed(h[:-1]):
-      x = nn.relu(up(skip.shape[-1], parts))
+    def up(i, features, parts, h_only):
+      layer = maybe_spectral_norm(ConvTranspose4x4Up(features, impl=self.impl),
+                                  self.spectral_norm, self.lipschitz)
+      if only_h_terms:
+        terms = layer(parts, train=train, terms_of=h_only)
+        terms_out.append(next(t for t in terms if t is not None))
+        # The decoder feature's value is not needed for the h-only terms, only its shape.
+        s = parts[0].shape
+        return jnp.zeros((s[0], 2 * s[1], 2 * s[2], features), parts[0].dtype)
+      terms = None
+      if h_terms is not None:
+        terms = [h_terms[i] if o else None for o in h_only]
+      return layer(parts, train=train, terms=terms)
+
+    # Which parts depend on h alone: the bottleneck, then each skip.
+    parts, h_only = [h[-1], _broadcast_to_map(z, h[-1])], [True, False]
+    for i, skip in enumerate(reversed(h[:-1])):
+      x = nn.relu(up(i, skip.shape[-1], parts, h_only))
       if x.shape[1:] != skip.shape[1:]:
         raise ValueError(f'skip feature of shape {skip.shape} does not match decoder '
                          f'feature {x.shape}')
-      parts = [x, skip]
+      parts, h_only = [x, skip], [False, True]
       if self.z_injection == 'all':
         parts.append(_broadcast_to_map(z, x))
-    y = _OUT_ACTIVATIONS[self.out_activation](up(self.out_channels, parts))
+        h_only.append(False)
+    y = up(num_layers - 1, self.out_channels, parts, h_only)
+    if only_h_terms:
+      return tuple(terms_out)
+    y = _OUT_ACTIVATIONS[self.out_activation](y)
     if self.image_size is not None and self.image_size != y.shape[1]:
       lo, _ = _pad_amounts(self.image_size, self.bottleneck_size)
       y = y[:, lo:lo + self.image_size, lo:lo + self.image_size]

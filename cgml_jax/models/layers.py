@@ -36,7 +36,9 @@ concat(decoder feature, skip, z map)) and sums the parts' convolutions with the 
 slices of the one kernel: the same function and parameters, without the concatenated copy,
 with no gradient computed for parts that do not need one (cGML's z step differentiates G
 wrt z only, so the skip halves get none), and with parts of a smaller batch broadcast
-(G's skips of B inputs are convolved once for K samples each at inference).
+(G's skips of B inputs are convolved once for K samples each at inference). A part's
+contribution can also be computed once (`conv4x4_up_terms`) and passed back to later calls
+(cGML's z step and (H, G) step share G's skip contributions this way).
 
 `impl` picks how the stride-1 part runs: 'matmul' (explicit patches and one dot: best on
 tiny maps) or 'conv' (an XLA convolution: best on larger maps), 'auto' chooses by map
@@ -161,7 +163,65 @@ def _kernel_parts(kernel: jax.Array, widths: list[int]) -> list:
   return [kernel[:, :, o:o + c] for o, c in zip(offsets, widths)]
 
 
-def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto') -> jax.Array:
+def _up_terms(parts: list, kernel: jax.Array, widths: list[int], impl: str,
+              which: list[bool]) -> list:
+  """Each selected part convolved with its kernel slice (None for the others).
+
+  A term is (B_i, H+1, W+1, 4 O), the 2x2 convolution before the parity interleave, or
+  for impl 'plain' (B_i, 2H, 2W, O), the part's transposed convolution.
+  """
+  _, h, w, _ = parts[0].shape
+  o = kernel.shape[-1]
+  terms = []
+  for p, kp, c, sel in zip(parts, _kernel_parts(kernel, widths), widths, which):
+    if not sel:
+      terms.append(None)
+      continue
+    if impl == 'plain':
+      terms.append(lax.conv_transpose(p, kp, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN))
+      continue
+    xp = jnp.pad(p, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    # Tap (t, u) of parity (a, b) is kernel[2t + a, 2u + b]: regroup the 4x4 kernel into a
+    # 2x2 kernel with output channels (a, b, o).
+    k2 = kp.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
+    if impl == 'matmul':
+      patches = jnp.concatenate(
+          [xp[:, t:t + h + 1, u:u + w + 1] for t in range(2) for u in range(2)], axis=-1)
+      terms.append(jnp.dot(patches, k2.reshape(4 * c, 4 * o)))
+    else:
+      terms.append(lax.conv_general_dilated(xp, k2.reshape(2, 2, c, 4 * o), (1, 1), 'VALID',
+                                            dimension_numbers=_DN))
+  return terms
+
+
+def conv4x4_up_terms(x, kernel: jax.Array, which, impl: str = 'auto') -> list:
+  r"""The contributions of some channel parts to `conv4x4_up(x, kernel, impl)`, to reuse.
+
+  By linearity the layer's output is a sum over its channel parts. This computes the
+  terms of the parts selected by `which`, so that a caller that needs the layer several
+  times with those parts unchanged (cGML's z step and (H, G) step both read the U-Net
+  skips of the same h at the same parameters) computes them once and passes them back as
+  `conv4x4_up(x, kernel, impl, terms=...)`. Gradients flow through the terms as usual.
+
+  Args:
+    x: the channel parts, as for `conv4x4_up`; unselected parts only give their shapes.
+    kernel: (4, 4, C, O), the whole layer's kernel.
+    which: one bool per part: compute its term.
+    impl: as for `conv4x4_up`; the terms are only valid for the same impl.
+
+  Returns:
+    A list with one entry per part: its term (an array) if selected, else None.
+  """
+  parts = _as_parts(x)
+  _, widths = _check_parts(parts, kernel, 'conv4x4_up_terms')
+  which = list(which)
+  if len(which) != len(parts):
+    raise ValueError(f'conv4x4_up_terms: which has {len(which)} entries for {len(parts)} '
+                     'input parts')
+  return _up_terms(parts, kernel, widths, _resolve(impl, parts[0]), which)
+
+
+def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto', terms=None) -> jax.Array:
   r"""4x4 transposed convolution, stride 2 (PyTorch padding 1): (B, H, W, C) -> (B, 2H, 2W, O).
 
   Same function as `lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)))`, i.e.
@@ -179,6 +239,9 @@ def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto') -> jax.Array:
     x: (B, H, W, C), or a sequence of (B_i, H, W, C_i) with every B_i dividing B.
     kernel: (4, 4, C, O) (C = sum of C_i), as in `nn.ConvTranspose` (transpose_kernel=False).
     impl: 'auto', 'matmul', 'conv' or 'plain' (see module docstring).
+    terms: optional, one entry per part: None, or that part's term from
+      `conv4x4_up_terms` (same parts, kernel and impl), used instead of convolving the
+      part again (the part then only gives its shape).
 
   Returns:
     (B, 2H, 2W, O).
@@ -188,24 +251,22 @@ def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto') -> jax.Array:
   _, h, w, _ = parts[0].shape
   impl = _resolve(impl, parts[0])
   o = kernel.shape[-1]
-  if impl == 'plain':
+  terms = [None] * len(parts) if terms is None else list(terms)
+  if len(terms) != len(parts):
+    raise ValueError(f'conv4x4_up: terms has {len(terms)} entries for {len(parts)} input parts')
+  if impl == 'plain' and all(t is None for t in terms):
     xc = jnp.concatenate([_broadcast_batch(p, b) for p in parts], axis=-1)
     return lax.conv_transpose(xc, kernel, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN)
-  kernels = _kernel_parts(kernel, widths)
-  # Tap (t, u) of parity (a, b) is kernel[2t + a, 2u + b]: regroup the 4x4 kernel into a
-  # 2x2 kernel with output channels (a, b, o).
-  terms = []
-  for p, kp, c in zip(parts, kernels, widths):
-    xp = jnp.pad(p, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    k2 = kp.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
-    if impl == 'matmul':
-      patches = jnp.concatenate(
-          [xp[:, t:t + h + 1, u:u + w + 1] for t in range(2) for u in range(2)], axis=-1)
-      terms.append(jnp.dot(patches, k2.reshape(4 * c, 4 * o)))
-    else:
-      terms.append(lax.conv_general_dilated(xp, k2.reshape(2, 2, c, 4 * o), (1, 1), 'VALID',
-                                            dimension_numbers=_DN))
-  r = _sum_parts(terms).reshape(b, h + 1, w + 1, 2, 2, o)
+  tail = (2 * h, 2 * w, o) if impl == 'plain' else (h + 1, w + 1, 4 * o)
+  for p, t in zip(parts, terms):
+    if t is not None and tuple(t.shape) != (p.shape[0],) + tail:
+      raise ValueError(f'conv4x4_up: a given term of shape {t.shape} does not fit part '
+                       f'{p.shape} (expected {(p.shape[0],) + tail}, impl {impl!r})')
+  computed = _up_terms(parts, kernel, widths, impl, [t is None for t in terms])
+  r = _sum_parts([t if t is not None else c for t, c in zip(terms, computed)])
+  if impl == 'plain':
+    return r
+  r = r.reshape(b, h + 1, w + 1, 2, 2, o)
   # Output (2i + a, 2j + b) is window (i + a, j + b), channel block (a, b).
   y = jnp.stack([jnp.stack([r[:, a:a + h, p:p + w, a, p] for p in range(2)], axis=3)
                  for a in range(2)], axis=2)  # (B, H, 2, W, 2, O)
@@ -262,16 +323,25 @@ class ConvTranspose4x4Up(_Conv4x4):
   """
 
   @nn.compact
-  def __call__(self, x) -> jax.Array:
+  def __call__(self, x, terms=None, terms_of=None):
     """(B, H, W, C) -> (B, 2H, 2W, O).
 
     `x` may be a sequence of channel parts of one input (see `conv4x4_up`): the layer then
     has the parameters of the concatenated input and computes its function.
+
+    Args:
+      x: the input, or its channel parts.
+      terms: optional per-part terms from an earlier call with `terms_of`, passed to
+        `conv4x4_up` (the output is the same).
+      terms_of: optional, one bool per part: return `conv4x4_up_terms` of those parts
+        (a list, no bias added) instead of the output.
     """
     parts = _as_parts(x)
     for p in parts:
       _check_nhwc(p, type(self).__name__)
     kernel, bias = self._params(sum(p.shape[-1] for p in parts))
     dtype = parts[0].dtype
-    y = conv4x4_up(parts, kernel.astype(dtype), self.impl)
+    if terms_of is not None:
+      return conv4x4_up_terms(parts, kernel.astype(dtype), terms_of, self.impl)
+    y = conv4x4_up(parts, kernel.astype(dtype), self.impl, terms)
     return y if bias is None else y + bias.astype(dtype)

@@ -37,8 +37,10 @@ class SpectralNorm(nn.SpectralNorm):
 
 
 def maybe_spectral_norm(layer: nn.Module, enabled: bool, lipschitz: float = 1.0):
-  """Returns a callable `f(x, train)` applying `layer`, spectrally normalised if enabled."""
+  """Returns a callable `f(*args, train, **kwargs)` applying `layer`, spectrally normalised
+  if enabled (with `train=False` the power iteration runs but its vectors are not stored,
+  so train and eval calls between two updates see the same normalised kernel)."""
   if not enabled:
-    return lambda *args, train: layer(*args)
+    return lambda *args, train, **kwargs: layer(*args, **kwargs)
   wrapped = SpectralNorm(layer, lipschitz=lipschitz)
-  return lambda *args, train: wrapped(*args, update_stats=train)
+  return lambda *args, train, **kwargs: wrapped(*args, update_stats=train, **kwargs)
