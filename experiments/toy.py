@@ -5,7 +5,8 @@
   python -m experiments.run --config=experiments/toy.py --config.data.modes='(4.,-4.,2.)'
   python -m experiments.run --config=experiments/toy.py:multimode --config.data.modes='(-4.,0.,4.)'
 
-`multimode` is the setting that reaches the targets with 3 modes (see README, toy section):
+`multimode` is the setting that comes closest for 3 and 4 modes (see README, toy section:
+3 modes reach the targets on some seeds only, 4 modes on none with the current code):
 l = 16 inner steps with beta decaying 2 -> 0.07 across them (not in the paper), batch 128.
 With 2 modes it is worse than the default (more phantoms), hence a separate preset.
 """
