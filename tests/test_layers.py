@@ -181,3 +181,27 @@ def test_up_reused_terms_give_the_same_values_and_gradients(impl):
     conv4x4_up(parts, kernel, impl, terms=[None, jnp.ones((2, 3, 3, 3))])
   with pytest.raises(ValueError, match='2 input parts'):
     conv4x4_up(parts, kernel, impl, terms=[None])
+
+
+@pytest.mark.parametrize('hw', [(4, 6), (10, 8)])  # below and above _DOT_KGRAD_MAX_PIXELS
+def test_conv_form_gradients_on_both_sides_of_the_dot_kernel_gradient(hw):
+  # The 'conv' form takes its kernel gradient as patches + dot on small maps only; both
+  # sides must match the plain layers, values and gradients.
+  keys = jax.random.split(jax.random.key(11), 5)
+  x = jax.random.normal(keys[0], (2,) + hw + (3,))
+  k_down = jax.random.normal(keys[1], (4, 4, 3, 4))
+  k_up = jax.random.normal(keys[2], (4, 4, 3, 2))
+  cot_down = jax.random.normal(keys[3], (2, hw[0] // 2, hw[1] // 2, 4))
+  cot_up = jax.random.normal(keys[4], (2, 2 * hw[0], 2 * hw[1], 2))
+
+  @jax.jit
+  def run(x, k_down, k_up):
+    def loss(x, k_down, k_up, impl):
+      return (jnp.sum(conv4x4_down(x, k_down, impl) * cot_down)
+              + jnp.sum(conv4x4_up(x, k_up, impl) * cot_up))
+
+    return [jax.value_and_grad(loss, argnums=(0, 1, 2))(x, k_down, k_up, impl)
+            for impl in ('conv', 'plain')]
+
+  conv, plain = run(x, k_down, k_up)
+  _assert_close(conv, plain)

@@ -42,7 +42,9 @@ contribution can also be computed once (`conv4x4_up_terms`) and passed back to l
 
 `impl` picks how the stride-1 part runs: 'matmul' (explicit patches and one dot: best on
 tiny maps) or 'conv' (an XLA convolution: best on larger maps), 'auto' chooses by map
-size, 'plain' is the reference flax layer's op, kept for tests and benchmarks.
+size, 'plain' is the reference flax layer's op, kept for tests and benchmarks. On maps of
+up to 8x8 pixels the 'conv' form's kernel gradient is patches + one dot (a custom VJP;
+XLA:CPU's own kernel-gradient convolution is slow there), its forward pass XLA's.
 """
 
 from __future__ import annotations
@@ -60,6 +62,44 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 # Up to this many pixels per map, explicit patches + dot beat XLA:CPU convolutions
 # (measured on the bench shapes: 2x2 and 4x4 maps; see benchmarks/bench.py).
 _MATMUL_MAX_PIXELS = 16
+# Up to this many pixels per map, the 'conv' form keeps XLA's convolution forward (faster
+# there than patches + dot: inference of the bench config 1.23x slower with 8x8 maps as
+# matmul) but takes its kernel gradient as patches + one dot (XLA:CPU's kernel-gradient
+# convolution with a 9x9 window on a 2x2 output was ~15 % of the bench train step).
+_DOT_KGRAD_MAX_PIXELS = 64
+
+
+def _conv2x2(x: jax.Array, k: jax.Array) -> jax.Array:
+  return lax.conv_general_dilated(x, k, (1, 1), 'VALID', dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def _conv2x2_dot_kgrad(x: jax.Array, k: jax.Array) -> jax.Array:
+  """`_conv2x2` (stride 1, VALID) whose kernel gradient is one dot of patches."""
+  return _conv2x2(x, k)
+
+
+def _conv2x2_fwd(x, k):
+  return _conv2x2(x, k), (x, k)
+
+
+def _conv2x2_bwd(res, g):
+  x, k = res
+  (dx,) = jax.vjp(lambda x: _conv2x2(x, k), x)[1](g)
+  ho, wo = g.shape[1:3]
+  c, o = k.shape[2:]
+  # dk[t, u, c, o] = sum over (b, i, j) of x[b, i + t, j + u, c] g[b, i, j, o].
+  patches = jnp.concatenate([x[:, t:t + ho, u:u + wo] for t in range(2) for u in range(2)], -1)
+  dk = jnp.dot(patches.reshape(-1, 4 * c).T, g.reshape(-1, o))
+  return dx, dk.reshape(k.shape)
+
+
+_conv2x2_dot_kgrad.defvjp(_conv2x2_fwd, _conv2x2_bwd)
+
+
+def _conv2x2_for(pixels: int):
+  """The 2x2 convolution of the 'conv' form for a layer input of `pixels` pixels."""
+  return _conv2x2_dot_kgrad if pixels <= _DOT_KGRAD_MAX_PIXELS else _conv2x2
 
 
 def _check_nhwc(x: jax.Array, name: str):
@@ -113,7 +153,7 @@ def conv4x4_down(x: jax.Array, kernel: jax.Array, impl: str = 'auto') -> jax.Arr
   hb, wb = ho + 1, wo + 1
   s2d = xp.reshape(b, hb, 2, wb, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hb, wb, 4 * c)
   k2 = kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, o)
-  return lax.conv_general_dilated(s2d, k2, (1, 1), 'VALID', dimension_numbers=_DN)
+  return _conv2x2_for(h * w)(s2d, k2)
 
 
 def _as_parts(x) -> list:
@@ -189,8 +229,7 @@ def _up_terms(parts: list, kernel: jax.Array, widths: list[int], impl: str,
           [xp[:, t:t + h + 1, u:u + w + 1] for t in range(2) for u in range(2)], axis=-1)
       terms.append(jnp.dot(patches, k2.reshape(4 * c, 4 * o)))
     else:
-      terms.append(lax.conv_general_dilated(xp, k2.reshape(2, 2, c, 4 * o), (1, 1), 'VALID',
-                                            dimension_numbers=_DN))
+      terms.append(_conv2x2_for(h * w)(xp, k2.reshape(2, 2, c, 4 * o)))
   return terms
 
 
