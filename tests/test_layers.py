@@ -142,6 +142,25 @@ def test_up_channel_parts_with_broadcast_batch_match_concat(impl):
   _assert_close(fast, plain)
 
 
+@pytest.mark.parametrize('impl', ['matmul', 'conv', 'plain'])
+@pytest.mark.parametrize('hw', [2, 8])
+def test_up_with_an_empty_part_ignores_it(impl, hw):
+  # The L1 baseline's z map has 0 channels; every form (including the dot kernel gradient
+  # on maps <= 8x8) must treat it as absent, values and gradients.
+  keys = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(keys[0], (2, hw, hw, 3))
+  empty = jnp.zeros((2, hw, hw, 0))
+  kernel = jax.random.normal(keys[1], (4, 4, 3, 2))
+  cot = jax.random.normal(keys[2], (2, 2 * hw, 2 * hw, 2))
+
+  def loss(parts, kernel):
+    return jnp.sum(conv4x4_up(parts, kernel, impl) * cot)
+
+  got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))([x, empty], kernel)
+  want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))([x], kernel)
+  _assert_close((got[0], got[1][0][0], got[1][1]), (want[0], want[1][0][0], want[1][1]))
+
+
 def test_up_module_takes_parts_with_the_concat_parameters():
   x, s = jnp.ones((2, 2, 2, 3)), jnp.ones((2, 2, 2, 4))
   v_parts = jax.eval_shape(ConvTranspose4x4Up(5).init, jax.random.key(0), [x, s])

@@ -217,6 +217,10 @@ def _up_terms(parts: list, kernel: jax.Array, widths: list[int], impl: str,
     if not sel:
       terms.append(None)
       continue
+    if c == 0:  # an empty part (the L1 baseline's z map of width 0) contributes nothing
+      tail = (2 * h, 2 * w, o) if impl == 'plain' else (h + 1, w + 1, 4 * o)
+      terms.append(jnp.zeros((p.shape[0],) + tail, p.dtype))
+      continue
     if impl == 'plain':
       terms.append(lax.conv_transpose(p, kp, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN))
       continue
