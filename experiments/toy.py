@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.steps = 2000
   c.train.inner_steps = 8       # l of Algorithm 1
   c.train.generator_update = 'every'  # 'every' inner step (Algorithm 1) or 'last' only
-  c.train.unroll = False        # rolled inner scan: MLPs compile faster rolled, same function
+  c.train.unroll = True         # unrolled inner scan; same function rolled (see multimode)
   c.train.lr = 1e-3             # Adam, (H, G)
   c.train.lr_latent = 1e-3      # Adam, Z
   c.train.schedule = 'cosine'
@@ -102,6 +102,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.batch_size = 128
     c.latent.step_size = 2.0
     c.latent.step_size_decay = 0.8   # beta_t = 2 * 0.8^t: 2.0 at t = 0, 0.07 at t = 15
+    c.train.unroll = False           # 16 unrolled iterations take ~40 s of CPU to compile
   elif arg:
     raise ValueError(f'unknown config argument {arg!r}; expected nothing, "smoke" or '
                      '"multimode"')
