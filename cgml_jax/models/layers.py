@@ -69,6 +69,11 @@ _MATMUL_MAX_PIXELS = 16
 _DOT_KGRAD_MAX_PIXELS = 64
 
 
+def _patches2x2(x: jax.Array, ho: int, wo: int) -> jax.Array:
+  """The ho x wo 2x2 windows of x (B, >= ho + 1, >= wo + 1, C): (B, ho, wo, 4 C), taps (t, u)."""
+  return jnp.concatenate([x[:, t:t + ho, u:u + wo] for t in range(2) for u in range(2)], -1)
+
+
 def _conv2x2(x: jax.Array, k: jax.Array) -> jax.Array:
   return lax.conv_general_dilated(x, k, (1, 1), 'VALID', dimension_numbers=_DN)
 
@@ -89,7 +94,7 @@ def _conv2x2_bwd(res, g):
   ho, wo = g.shape[1:3]
   c, o = k.shape[2:]
   # dk[t, u, c, o] = sum over (b, i, j) of x[b, i + t, j + u, c] g[b, i, j, o].
-  patches = jnp.concatenate([x[:, t:t + ho, u:u + wo] for t in range(2) for u in range(2)], -1)
+  patches = _patches2x2(x, ho, wo)
   dk = jnp.dot(patches.reshape(-1, 4 * c).T, g.reshape(-1, o))
   return dx, dk.reshape(k.shape)
 
@@ -229,9 +234,7 @@ def _up_terms(parts: list, kernel: jax.Array, widths: list[int], impl: str,
     # 2x2 kernel with output channels (a, b, o).
     k2 = kp.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
     if impl == 'matmul':
-      patches = jnp.concatenate(
-          [xp[:, t:t + h + 1, u:u + w + 1] for t in range(2) for u in range(2)], axis=-1)
-      terms.append(jnp.dot(patches, k2.reshape(4 * c, 4 * o)))
+      terms.append(jnp.dot(_patches2x2(xp, h + 1, w + 1), k2.reshape(4 * c, 4 * o)))
     else:
       terms.append(_conv2x2_for(h * w)(xp, k2.reshape(2, 2, c, 4 * o)))
   return terms
