@@ -33,7 +33,7 @@ Optionally, a generator with the class attribute `accepts_sample_axis = True` al
 z of shape (B, K, n) with h of batch B and returns (B, K, ...), the outputs for each input
 and each of its K latents; `sample` then uses it instead of repeating h K times.
 
-Optionally, a generator with the class attribute `shares_h_terms = True` also takes two
+Optionally, a generator with the attribute `shares_h_terms = True` also takes two
 keywords: `generator(h, z, train=False, only_h_terms=True) -> c`, a pytree of what G
 computes from h alone (a function of h and G's parameters; z only gives shapes), and
 `generator(h, z, train=..., h_terms=c)`, the same y as without `h_terms`, but reading c

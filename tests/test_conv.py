@@ -156,10 +156,6 @@ def test_empty_z_of_the_l1_baseline(z_injection):
   assert jax.eval_shape(run, x, z).shape == (B, 32, 32, 2)
 
 
-class _UnsharedGenerator(ConvGenerator):
-  shares_h_terms = False  # cgml.train_step then runs G's h-only parts in each call
-
-
 def test_train_step_with_shared_h_terms_is_unchanged():
   # cgml.train_step computes G's h-only terms (the bottleneck's and the skips'
   # contributions) once per inner step for the z step and the (H, G) step; the new state
@@ -167,9 +163,7 @@ def test_train_step_with_shared_h_terms_is_unchanged():
   # share of every gradient). z goes into every layer, next to each h-only part.
   enc, gen, lat = build_conv_models(8, 1, 2, Z_DIM, z_injection='all', **SMALL)
   assert gen.shares_h_terms
-  unshared = _UnsharedGenerator(**{f: getattr(gen, f) for f in (
-      'out_channels', 'image_size', 'bottleneck_size', 'z_injection', 'spectral_norm',
-      'lipschitz', 'out_activation', 'impl')})
+  unshared = gen.clone(shares_h_terms=False)  # cgml.train_step then runs them in each call
   hp = cgml.Hyper(z_dim=Z_DIM, step_size=0.5, inner_steps=1)
   kx, ky = jax.random.split(jax.random.key(8))
   b = {'x': jax.random.normal(kx, (4, 8, 8, 1)), 'y': jax.random.normal(ky, (4, 8, 8, 2))}

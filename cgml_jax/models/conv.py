@@ -132,6 +132,10 @@ class ConvGenerator(nn.Module):
     lipschitz: constant of the spectral norm.
     out_activation: 'tanh', 'sigmoid' or 'none'.
     impl: convolution form, see `layers.conv4x4_up`.
+    shares_h_terms: let `cgml.train_step` compute the h-only terms once per inner step
+      (`only_h_terms`) and pass them to the z step's and the (H, G) step's calls
+      (`h_terms`); False recomputes them in each call (same function, e.g. to count the
+      unshared FLOPs or to test the sharing: `generator.clone(shares_h_terms=False)`).
   """
   out_channels: int
   image_size: int | None = None
@@ -141,13 +145,11 @@ class ConvGenerator(nn.Module):
   lipschitz: float = 1.0
   out_activation: str = 'tanh'
   impl: str = 'auto'
+  shares_h_terms: bool = True
 
   # cgml.sample may pass z with a sample axis (B, K, n) and the un-repeated h (see
   # `__call__`); modules without this attribute get h repeated K times instead.
   accepts_sample_axis = True
-  # cgml.train_step may compute the h-only terms once per inner step (`only_h_terms`) and
-  # pass them to the z step's and the (H, G) step's calls (`h_terms`).
-  shares_h_terms = True
 
   @nn.compact
   def __call__(self, h: Sequence[jax.Array], z: jax.Array, *, train: bool = False,
