@@ -54,7 +54,10 @@ def test_bottleneck_size_and_z_injection():
 
 
 def test_28_is_padded_to_32_and_cropped_back():
-  enc, gen, _ = build_conv_models(28, 1, 2, Z_DIM, **SMALL)
+  # Bottleneck 8: two blocks (32 -> 16 -> 8) instead of four; the padding and the crop are
+  # the first and last layers' business, and a third as much program compiles.
+  enc, gen, _ = build_conv_models(28, 1, 2, Z_DIM, bottleneck_size=8, **SMALL)
+  assert padded_size(28, 8) == (32, 2)
   key = jax.random.key(0)
   x = jax.random.normal(key, (B, 28, 28, 1))
   z = jax.random.normal(key, (B, Z_DIM))
@@ -64,7 +67,7 @@ def test_28_is_padded_to_32_and_cropped_back():
     ve = enc.init(key, x)
     h = enc.apply(ve, x)
     h32 = enc.apply(ve, jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))))
-    g32 = ConvGenerator(2, image_size=None)  # same layers, no crop
+    g32 = gen.clone(image_size=None)  # same layers, no crop
     vg = gen.init(key, h, z)
     return h, h32, gen.apply(vg, h, z), g32.apply(vg, h, z)
 
@@ -168,8 +171,10 @@ def test_train_step_with_shared_h_terms_is_unchanged():
   kx, ky = jax.random.split(jax.random.key(8))
   b = {'x': jax.random.normal(kx, (4, 8, 8, 1)), 'y': jax.random.normal(ky, (4, 8, 8, 2))}
   tx = optax.sgd(0.1)
-  state = cgml.CGMLState.create(jax.random.key(9), b['x'], encoder=enc, generator=gen,
-                                latent_net=lat, tx_hg=tx, tx_latent=tx, hp=hp)
+  # Jitted: an eager init compiles every op separately (most of this test's time).
+  state = jax.jit(lambda k, x: cgml.CGMLState.create(
+      k, x, encoder=enc, generator=gen, latent_net=lat, tx_hg=tx, tx_latent=tx, hp=hp))(
+          jax.random.key(9), b['x'])
   out = []
   for g in (gen, unshared):  # same parameters: the attribute does not change them
     new, metrics = jax.jit(cgml.train_step)(state.replace(generator=g), b, jax.random.key(10))
