@@ -21,8 +21,14 @@ def test_profile_layers_smoke():
   # H: 8 -> 4 -> 2 (widths 4, 8); G mirrors it with z and skip channels on its inputs.
   assert shapes == [('down', 8, 1, 4), ('down', 4, 4, 8), ('up', 2, 8 + c.z_dim, 4),
                     ('up', 4, 8, c.out_channels)]
+  # Profiled at 4 x 4 (one down and one up layer, both branches of the per-layer loop):
+  # each layer costs three compiles, so this halves the test's time.
+  c.image_size = 4
+  shapes = bench.layer_shapes(c)
+  assert [s[0] for s in shapes] == ['down', 'up']
   rows = bench.profile_layers(c, 1, impls=('auto',))
   assert len(rows) == len(shapes) * 3  # fwd, fwd+dx, fwd+dx+dk
+  assert [r['mode'] for r in rows[:3]] == ['fwd', 'fwd+dx', 'fwd+dx+dk']
   assert all(r['ms'] > 0 and r['flops'] > 0 for r in rows)
 
 
