@@ -61,6 +61,21 @@ def test_dataset_follows_the_modes():
                              np.array([4.0, -4.0, 2.0])[data['mode']], rtol=1e-3, atol=1e-3)
 
 
+def test_residual_latent_net_predicts_the_displacement():
+  """MLPLatentNet(residual=True) is z + the plain net's r_hat, with the same parameters."""
+  import jax
+  from cgml_jax.models.mlp import MLPLatentNet
+  kz, kh = jax.random.split(jax.random.key(0))
+  z, h = jax.random.normal(kz, (5, 3)), jax.random.normal(kh, (5, 8))
+  plain, resid = MLPLatentNet(width=16), MLPLatentNet(width=16, residual=True)
+  variables = plain.init(jax.random.key(1), z, h)
+  r_plain, rho_plain = plain.apply(variables, z, h)
+  r_res, rho_res = resid.apply(variables, z, h)
+  np.testing.assert_allclose(np.asarray(r_res), np.asarray(z + r_plain), atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(rho_res), np.asarray(rho_plain))
+  assert np.abs(np.asarray(r_plain)).max() > 1e-3  # the two are not trivially equal
+
+
 def test_toy_end_to_end_small(tmp_path):
   """A shrunken toy run still separates the two branches where L1 cannot."""
   config = toy_config.get_config()

@@ -69,16 +69,24 @@ class MLPGenerator(nn.Module):
 
 
 class MLPLatentNet(nn.Module):
-  """Z: (z, h) -> (r_hat (B, n), rho_hat (B,)), rho_hat = softplus(last output) >= 0."""
+  """Z: (z, h) -> (r_hat (B, n), rho_hat (B,)), rho_hat = softplus(last output) >= 0.
+
+  Attributes:
+    residual: r_hat = z + MLP(z, h)[:n], i.e. Z predicts the displacement r_hat - z
+      rather than r_hat itself, so "stay where you are" is the zero output and does not
+      have to be fitted through z's coordinates (the toy's `:multimode` preset uses it).
+  """
   width: int = 128
   depth: int = 3
   activation: str = 'relu'
   spectral_norm: bool = True
   lipschitz: float = 1.0
+  residual: bool = False
 
   @nn.compact
   def __call__(self, z, h, *, train: bool = False):
     n = z.shape[-1]
     out = MLP([self.width] * (self.depth - 1) + [n + 1], self.activation, self.spectral_norm,
               self.lipschitz)(jnp.concatenate([z, h], -1), train=train)
-    return out[..., :n], jax.nn.softplus(out[..., n])
+    r_hat = z + out[..., :n] if self.residual else out[..., :n]
+    return r_hat, jax.nn.softplus(out[..., n])

@@ -134,7 +134,8 @@ def _models(config, z_dim: int):
   gen = MLPGenerator(out_dim=3, width=m.width, depth=m.depth, activation=m.activation,
                      spectral_norm=m.spectral_norm, lipschitz=m.lipschitz)
   lat = MLPLatentNet(width=m.width, depth=m.depth, activation=m.activation,
-                     spectral_norm=m.latent_spectral_norm, lipschitz=m.latent_lipschitz)
+                     spectral_norm=m.latent_spectral_norm, lipschitz=m.latent_lipschitz,
+                     residual=m.latent_residual)
   return enc, gen, lat
 
 
