@@ -1,10 +1,10 @@
 """Exact auto-resume of the real launcher after SIGKILL mid-run.
 
 Run A trains uninterrupted. Run B is the same command, killed with SIGKILL as soon as it
-reports a checkpoint of the second method (no sleeps: the kill follows the process's own
-report, and plenty of steps remain, so it always lands mid-run). Run B' is the same
-command again: it must restore the finished first method without retraining, resume the
-second from its checkpoint (after a further SIGTERM, which must checkpoint and exit with
+reports a checkpoint of the last method, cgml (no sleeps: the kill follows the process's
+own report, and plenty of steps remain, so it always lands mid-run). Run B' is the same
+command again: it must restore the two finished methods without retraining, resume cgml
+from its checkpoint (after a further SIGTERM, which must checkpoint and exit with
 status 143), and end with parameters, optimiser states, spectral-norm
 statistics, persistent z table and iterator position bitwise equal to run A's.
 
@@ -27,9 +27,12 @@ import orbax.checkpoint as ocp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40  # checkpoints every 10: the kill lands at 10 and the SIGTERM at 20 of 40
+# The toy's default methods (l1, cgml_no_rho, cgml): run A is also the launcher smoke test
+# (metrics.json, progress line) that tests/test_run.py keeps among the slow tests.
+METHODS = ('l1', 'cgml_no_rho', 'cgml')
 ARGS = ['--config=experiments/toy.py:smoke', f'--config.train.steps={STEPS}',
-        '--config.checkpoint.every=10', "--config.methods=('l1','cgml')",
-        '--config.latent.init=persistent', '--config.logging.tensorboard=False']
+        '--config.checkpoint.every=10', '--config.latent.init=persistent',
+        '--config.logging.tensorboard=False']
 
 
 def start(workdir, cache):
@@ -91,29 +94,34 @@ def flat(tree):
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
   ref_dir, dir_, cache = tmp_path / 'ref', tmp_path / 'run', tmp_path / 'cache'
-  finish(start(ref_dir, cache))
+  out_a = finish(start(ref_dir, cache))
+  # The launcher smoke checks: every default method trained, progress with ETA, rho, lr.
+  assert set(json.load(open(ref_dir / 'metrics.json'))['methods']) == set(METHODS)
+  assert 'ETA' in out_a and 'rho=' in out_a and 'lr=' in out_a
+  cgml_dir = f'{dir_}/checkpoints/cgml '  # the space: not checkpoints/cgml_no_rho
   killed = start(dir_, cache)
-  out_b = run_until(killed, f'saved step 10 to {dir_}/checkpoints/cgml')
+  out_b = run_until(killed, f'saved step 10 to {cgml_dir}')
   assert killed.returncode == -signal.SIGKILL, out_b[-2000:]
   assert not os.path.exists(dir_ / 'metrics.json')  # it really died mid-run
   # Preemption: SIGTERM makes the launcher checkpoint the current step and exit with 143.
   term = start(dir_, cache)
-  out_t = run_until(term, f'saved step 20 to {dir_}/checkpoints/cgml', sig=signal.SIGTERM)
+  out_t = run_until(term, f'saved step 20 to {cgml_dir}', sig=signal.SIGTERM)
   assert term.returncode == 143, out_t[-2000:] + stderr(term)[-2000:]
   assert 'preempted (SIGTERM) after step' in out_t and 'Traceback' not in out_t
   out_c = finish(start(dir_, cache))
 
-  # The finished method was restored, not retrained; the second resumed mid-way.
-  assert f'restored step {STEPS} from {dir_}/checkpoints/l1' in out_c
-  assert '[toy/l1] already trained' in out_c and '[toy/l1] step' not in out_c
-  resumed = [l for l in out_c.splitlines() if f'from {dir_}/checkpoints/cgml' in l][0]
+  # The finished methods were restored, not retrained; the last resumed mid-way.
+  for done in METHODS[:2]:
+    assert f'restored step {STEPS} from {dir_}/checkpoints/{done} ' in out_c
+    assert f'[toy/{done}] already trained' in out_c and f'[toy/{done}] step' not in out_c
+  resumed = [l for l in out_c.splitlines() if f'from {cgml_dir}' in l][0]
   assert 20 <= int(resumed.split('restored step ')[1].split()[0]) < STEPS, resumed
 
-  for method in ('l1', 'cgml'):
+  for method in METHODS:
     (a, data_a), (b, data_b) = final_checkpoint(ref_dir, method), final_checkpoint(dir_, method)
     fa, fb = flat(a), flat(b)
     assert fa.keys() == fb.keys()
-    if method == 'cgml':
+    if method != 'l1':
       assert any('z_table' in k for k in fa) and any('sigma' in k for k in fa)
     for k in fa:
       np.testing.assert_array_equal(fa[k], fb[k], err_msg=f'{method} {k}')

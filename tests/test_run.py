@@ -29,7 +29,11 @@ def run(*args, **kw):
                         env={**os.environ, **FAST_COMPILE}, **kw)
 
 
+@pytest.mark.slow
 def test_launcher_smoke_writes_metrics_and_shows_progress(tmp_path):
+  """Slow: the default suite makes the same checks on run A of tests/test_resume.py (the
+  same launcher on the toy smoke config with its three default methods: metrics.json has
+  all three, stdout shows ETA, rho= and lr=), so this separate run is not repeated there."""
   p = run('--config=experiments/toy.py:smoke', f'--workdir={tmp_path}',
           '--config.train.steps=20')
   assert p.returncode == 0, p.stderr[-3000:]
