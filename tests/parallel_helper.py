@@ -21,7 +21,8 @@ parser.add_argument('--batch', type=int, default=8)
 parser.add_argument('--steps', type=int, default=2)
 parser.add_argument('--uneven', type=int, default=0, help='also report the error for this batch')
 args = parser.parse_args()
-os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           f' --xla_force_host_platform_device_count={args.devices}').strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402  (after XLA_FLAGS)
