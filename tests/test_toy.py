@@ -3,10 +3,12 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from cgml_jax import train
+from cgml_jax.models.mlp import MLPLatentNet
 from cgml_jax.tasks import toy
 from experiments import toy as toy_config
 
@@ -63,8 +65,6 @@ def test_dataset_follows_the_modes():
 
 def test_residual_latent_net_predicts_the_displacement():
   """MLPLatentNet(residual=True) is z + the plain net's r_hat, with the same parameters."""
-  import jax
-  from cgml_jax.models.mlp import MLPLatentNet
   kz, kh = jax.random.split(jax.random.key(0))
   z, h = jax.random.normal(kz, (5, 3)), jax.random.normal(kh, (5, 8))
   plain, resid = MLPLatentNet(width=16), MLPLatentNet(width=16, residual=True)
