@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cgml_jax import parallel
+from compile_env import fast_compile_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPER = os.path.join(HERE, 'parallel_helper.py')
@@ -25,16 +26,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-# Every helper compiles with LLVM's -O0: two steps of tiny MLPs are all compilation, which
-# -O0 cuts by a third (13.1 s -> 9.0 s CPU per 4-device helper); all four configurations
-# use it, so they are compared under the same compiler settings.
-FAST_COMPILE = (os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
-
-
 def _start(out, devices, env=None, *extra):
   return subprocess.Popen([sys.executable, HELPER, f'--devices={devices}', f'--out={out}',
                            *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, 'XLA_FLAGS': FAST_COMPILE, **(env or {})})
+                          env=fast_compile_env(**(env or {})))
 
 
 def _result(p, timeout=400):

@@ -10,9 +10,9 @@ statistics, persistent z table and iterator position bitwise equal to run A's.
 
 The runs share a persistent compilation cache (A fills it, B and B' load from it): that
 cuts the test's CPU time by two thirds and cannot change results, since B and B' then run
-the very executables A ran. They also compile with LLVM's -O0 (as tests/test_run.py's
-launcher runs): a third less compile time for programs that run a few dozen tiny steps;
-A, B and B' all use it, so the bitwise comparison is between identical programs.
+the very executables A ran. They also compile with LLVM's -O0 (`compile_env`, as the
+other launcher tests do); A, B and B' all use it, so the bitwise comparison is between
+identical programs.
 """
 
 import json
@@ -25,6 +25,8 @@ import threading
 import numpy as np
 import orbax.checkpoint as ocp
 
+from compile_env import fast_compile_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40  # checkpoints every 10: the kill lands at 10 and the SIGTERM at 20 of 40
 # The toy's default methods (l1, cgml_no_rho, cgml): run A is also the launcher smoke test
@@ -36,11 +38,9 @@ ARGS = ['--config=experiments/toy.py:smoke', f'--config.train.steps={STEPS}',
 
 
 def start(workdir, cache):
-  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(cache),
-         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
-         'XLA_FLAGS': (os.environ.get('XLA_FLAGS', '')
-                       + ' --xla_backend_optimization_level=0').strip()}
+  env = fast_compile_env(JAX_COMPILATION_CACHE_DIR=str(cache),
+                         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   # stderr to a file: a full stderr pipe would block the child while we read stdout.
   err = open(f'{workdir}.stderr', 'a+')
   p = subprocess.Popen([sys.executable, '-m', 'experiments.run', *ARGS,

@@ -11,22 +11,15 @@ import numpy as np
 import pytest
 
 from cgml_jax import loop
+from compile_env import fast_compile_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-# The launcher's programs here run a few dozen steps of tiny MLPs: its CPU time is XLA
-# compilation, which LLVM's -O0 cuts by a third (47 s -> 31 s for the smoke run below).
-# It changes how fast the machine code runs; the results agree up to rounding (a smoke
-# run's metrics.json: equal for l1, cgml's branch_error 2.1326332 vs 2.1326334).
-FAST_COMPILE = {'XLA_FLAGS': (os.environ.get('XLA_FLAGS', '')
-                              + ' --xla_backend_optimization_level=0').strip()}
 
 
 def run(*args, **kw):
   return subprocess.run([sys.executable, '-m', 'experiments.run', *args], cwd=REPO,
                         capture_output=True, text=True, timeout=600,
-                        env={**os.environ, **FAST_COMPILE}, **kw)
+                        env=fast_compile_env(), **kw)
 
 
 @pytest.mark.slow
