@@ -42,7 +42,7 @@ contribution can also be computed once (`conv4x4_up_terms`) and passed back to l
 
 `impl` picks how the stride-1 part runs: 'matmul' (explicit patches and one dot: best on
 tiny maps) or 'conv' (an XLA convolution: best on larger maps), 'auto' chooses by map
-size, 'plain' is the reference flax layer's op, kept for tests and benchmarks. On maps of
+size (matmul up to 4x4 inputs for the up layer, up to 16x16 for the down layer), 'plain' is the reference flax layer's op, kept for tests and benchmarks. On maps of
 up to 8x8 pixels the 'conv' form's kernel gradient is patches + one dot (a custom VJP;
 XLA:CPU's own kernel-gradient convolution is slow there), its forward pass XLA's.
 """
@@ -62,6 +62,10 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 # Up to this many pixels per map, explicit patches + dot beat XLA:CPU convolutions
 # (measured on the bench shapes: 2x2 and 4x4 maps; see benchmarks/bench.py).
 _MATMUL_MAX_PIXELS = 16
+# The down layers' patches are 16 strided slices of the input, no larger than it; up to
+# 16x16 inputs their dot beats space-to-depth + XLA's convolution in the bench train step
+# (0.954 and 0.966 of its time, alternated in one process; inference unchanged, 1.009).
+_DOWN_MATMUL_MAX_PIXELS = 256
 # Up to this many pixels per map, the 'conv' form keeps XLA's convolution forward (faster
 # there than patches + dot: inference of the bench config 1.23x slower with 8x8 maps as
 # matmul) but takes its kernel gradient as patches + one dot (XLA:CPU's kernel-gradient
@@ -112,12 +116,12 @@ def _check_nhwc(x: jax.Array, name: str):
     raise ValueError(f'{name} expects NHWC input (B, H, W, C), got shape {x.shape}')
 
 
-def _resolve(impl: str, x: jax.Array) -> str:
+def _resolve(impl: str, x: jax.Array, matmul_max_pixels: int = _MATMUL_MAX_PIXELS) -> str:
   if impl not in IMPLS:
     raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
   if impl != 'auto':
     return impl
-  return 'matmul' if x.shape[1] * x.shape[2] <= _MATMUL_MAX_PIXELS else 'conv'
+  return 'matmul' if x.shape[1] * x.shape[2] <= matmul_max_pixels else 'conv'
 
 
 def conv4x4_down(x: jax.Array, kernel: jax.Array, impl: str = 'auto') -> jax.Array:
@@ -140,7 +144,7 @@ def conv4x4_down(x: jax.Array, kernel: jax.Array, impl: str = 'auto') -> jax.Arr
   if kernel.shape[:3] != (4, 4, c):
     raise ValueError(f'conv4x4_down needs a (4, 4, {c}, O) kernel for input {x.shape}, '
                      f'got {kernel.shape}')
-  impl = _resolve(impl, x)
+  impl = _resolve(impl, x, _DOWN_MATMUL_MAX_PIXELS)
   o = kernel.shape[-1]
   if impl == 'plain':
     return lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_DN)
