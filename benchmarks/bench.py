@@ -12,8 +12,9 @@ Builds the `bench` configuration of ../shared/peers/torch_cgml_bench.py (coloriz
     runs ("executed") and for the same computation built from plain flax layers without
     sharing ("plain-equivalent", the work the model needs; see `plain_flops`);
   * with --layers, every H and G layer timed alone in each form (`profile_layers`);
-  * when torch is installed, the peer run in the same invocation (`--json` subprocess)
-    and the JAX / torch ratios;
+  * when torch is installed, the peer run in the same invocation (`--json` subprocess),
+    alternated with the JAX timings over `--rounds` rounds (default 3), and the JAX /
+    torch ratios: per round, and their median;
   * the time per training step as l grows and per inference call as T and K grow, as a
     table and, with --out DIR, a PNG of the curves.
 
@@ -21,7 +22,7 @@ Timings on a shared machine are noisy: every number is the median of --steps cal
 two warm-up calls.
 
 Usage:
-  python benchmarks/bench.py [--steps N] [--json] [--out DIR] [--no-torch] [--layers] [--smoke]
+  python benchmarks/bench.py [--steps N] [--rounds R] [--json] [--out DIR] [--no-torch] [--layers] [--smoke]
 """
 
 from __future__ import annotations
@@ -120,23 +121,35 @@ def make_state(c: ml_collections.ConfigDict, inner_steps: int | None = None):
   return state, batch
 
 
-def time_train(c, steps: int, inner_steps: int | None = None) -> dict:
-  """Compiles and times `cgml.train_step`; returns seconds, images/s, FLOPs, compile s."""
+def _timing(images: int, flops: float, compile_s: float, sec: float, best: float) -> dict:
+  return {'median_s': sec, 'best_s': best, 'images_per_s': images / sec, 'flops': flops,
+          'gflops_per_s': flops / sec / 1e9, 'compile_s': compile_s}
+
+
+def train_timer(c, inner_steps: int | None = None):
+  """Compiles `cgml.train_step`; returns `timer(steps) -> timing dict` (call it repeatedly).
+
+  The timer carries the state from call to call, so that Adam sees a moving model, as in
+  training.
+  """
   state, batch = make_state(c, inner_steps)
   key = jax.random.key(1)
   t0 = time.perf_counter()
   compiled = jax.jit(cgml.train_step).lower(state, batch, key).compile()
   compile_s = time.perf_counter() - t0
+  flops = _flops(compiled)
   holder = [state]
 
-  def step():  # carry the state so that Adam sees a moving model, as in training
+  def step():
     holder[0], metrics = compiled(holder[0], batch, key)
     return metrics['E']
 
-  sec, best = _times(step, steps)
-  flops = _flops(compiled)
-  return {'median_s': sec, 'best_s': best, 'images_per_s': c.batch_size / sec, 'flops': flops,
-          'gflops_per_s': flops / sec / 1e9, 'compile_s': compile_s}
+  return lambda steps: _timing(c.batch_size, flops, compile_s, *_times(step, steps))
+
+
+def time_train(c, steps: int, inner_steps: int | None = None) -> dict:
+  """Compiles and times `cgml.train_step`; returns seconds, images/s, FLOPs, compile s."""
+  return train_timer(c, inner_steps)(steps)
 
 
 def plain_flops(c) -> tuple[float, float]:
@@ -165,9 +178,8 @@ def plain_flops(c) -> tuple[float, float]:
   return train, infer_flops
 
 
-def time_infer(c, steps: int, state=None, num_steps: int | None = None,
-               num_samples: int | None = None) -> dict:
-  """Compiles and times `cgml.sample` (T steps, K samples); samples/s = B K / seconds."""
+def infer_timer(c, state=None, num_steps: int | None = None, num_samples: int | None = None):
+  """Compiles `cgml.sample` (T steps, K samples); returns `timer(steps) -> timing dict`."""
   if state is None:
     state, batch = make_state(c)
   else:
@@ -179,11 +191,66 @@ def time_infer(c, steps: int, state=None, num_steps: int | None = None,
   t0 = time.perf_counter()
   compiled = fn.lower(state, batch['x'], key, num_samples=k, num_steps=t_steps).compile()
   compile_s = time.perf_counter() - t0
-  sec, best = _times(lambda: compiled(state, batch['x'], key), steps)
   flops = _flops(compiled)
-  return {'median_s': sec, 'best_s': best, 'images_per_s': c.batch_size * k / sec,
-          'flops': flops,
-          'gflops_per_s': flops / sec / 1e9, 'compile_s': compile_s}
+  return lambda steps: _timing(c.batch_size * k, flops, compile_s,
+                               *_times(lambda: compiled(state, batch['x'], key), steps))
+
+
+def time_infer(c, steps: int, state=None, num_steps: int | None = None,
+               num_samples: int | None = None) -> dict:
+  """Compiles and times `cgml.sample` (T steps, K samples); samples/s = B K / seconds."""
+  return infer_timer(c, state, num_steps, num_samples)(steps)
+
+
+def alternate(timers: dict, peer_fn, steps: int, rounds: int) -> dict:
+  """Times each JAX program and then the peer, `rounds` times in alternation.
+
+  The machine's speed drifts by tens of percent within minutes, so each round gives its
+  own JAX / peer ratio and the reported ratio is their median.
+
+  Args:
+    timers: name -> `timer(steps) -> timing dict` (see `train_timer`, `infer_timer`).
+    peer_fn: `steps -> {name: {'images_per_s': ...}}`, returning None if the peer cannot
+      run (then one round only); or None to time JAX alone.
+    steps: timed calls per measurement.
+    rounds: number of rounds (at least 1; one round only if there is no peer).
+
+  Returns:
+    {'rounds': [...], name: pooled timing (`_pool`)}, and with the peer 'torch' (its
+    median images/s per name and its rounds) and 'ratio_<name>' (median over rounds).
+  """
+  out_rounds = []
+  for _ in range(max(rounds, 1)):
+    r = {name: timer(steps) for name, timer in timers.items()}
+    peer = peer_fn(steps) if peer_fn else None
+    if peer:
+      r['torch'] = peer
+      for name in timers:
+        r['ratio_' + name] = r[name]['images_per_s'] / peer[name]['images_per_s']
+    out_rounds.append(r)
+    if not peer:  # nothing to alternate with
+      break
+  res = {'rounds': out_rounds}
+  for name in timers:
+    res[name] = _pool([r[name] for r in out_rounds])
+  peer_rounds = [r['torch'] for r in out_rounds if 'torch' in r]
+  if peer_rounds:
+    res['torch'] = {'rounds': peer_rounds}
+    for name in timers:
+      res['torch'][name] = {'images_per_s': float(np.median(
+          [p[name]['images_per_s'] for p in peer_rounds]))}
+      res['ratio_' + name] = float(np.median([r['ratio_' + name] for r in out_rounds]))
+  return res
+
+
+def _pool(timings: list[dict]) -> dict:
+  """One timing from several rounds of the same program: median of medians, best of bests."""
+  out = dict(timings[0])
+  out['median_s'] = float(np.median([t['median_s'] for t in timings]))
+  out['best_s'] = min(t['best_s'] for t in timings)
+  out['images_per_s'] = timings[0]['images_per_s'] * timings[0]['median_s'] / out['median_s']
+  out['gflops_per_s'] = out['flops'] / out['median_s'] / 1e9
+  return out
 
 
 def layer_shapes(c) -> list[tuple[str, int, int, int]]:
@@ -285,6 +352,9 @@ def main(argv=None) -> dict:
   ap.add_argument('--layers', action='store_true',
                   help='also time every layer in each form (plain, matmul, conv, auto)')
   ap.add_argument('--smoke', action='store_true', help='tiny sizes, for tests')
+  ap.add_argument('--rounds', type=int, default=3,
+                  help='alternate JAX and the torch peer this many times; ratios are the '
+                       'median of the per-round ratios')
   a = ap.parse_args(argv)
   c = get_config(a.smoke)
   if a.impl:
@@ -295,8 +365,13 @@ def main(argv=None) -> dict:
   # The matmul rate is measured before and after the model (the load of a shared machine
   # drifts); the best of both is the machine's rate.
   mm = [matmul_rate(c.matmul_size, steps)]
-  res['train'] = time_train(c, steps)
-  res['infer'] = time_infer(c, steps)
+  # The machine's speed drifts by tens of percent within minutes, so JAX and the peer are
+  # timed in alternation (JAX train + infer, then the peer, `--rounds` times) and each
+  # round gives its own ratio.
+  timers = {'train': train_timer(c), 'infer': infer_timer(c)}
+  peer_fn = None if (a.no_torch or a.smoke) else run_peer
+  res.update(alternate(timers, peer_fn, steps, a.rounds))
+  rounds = res['rounds']
   mm.append(matmul_rate(c.matmul_size, steps))
   res['matmul_gflops_per_s'] = max(m['best'] for m in mm)
   res['matmul_median_gflops_per_s'] = [m['median'] for m in mm]
@@ -325,25 +400,29 @@ def main(argv=None) -> dict:
       os.makedirs(a.out, exist_ok=True)
       res['png'] = os.path.join(a.out, 'bench_scaling.png')
       plot(res, c, res['png'])
-  peer = None if (a.no_torch or a.smoke) else run_peer(steps)
-  if peer:
-    res['torch'] = peer
-    res['ratio_train'] = res['train']['images_per_s'] / peer['train']['images_per_s']
-    res['ratio_infer'] = res['infer']['images_per_s'] / peer['infer']['images_per_s']
+  peer = res.get('torch')
 
   if a.json:
     print(json.dumps(res))
     return res
-  print(f"jax {res['jax']} on {res['devices']}; impl={c.impl}; median of {steps} calls")
+  print(f"jax {res['jax']} on {res['devices']}; impl={c.impl}; median of {steps} calls, "
+        f"{len(rounds)} round(s)" + (' alternated with the torch peer' if peer else ''))
   print(f"f32 matmul {c.matmul_size}^2: best {res['matmul_gflops_per_s']:.0f} GFLOP/s, median "
         + ' / '.join(f'{m:.0f}' for m in res['matmul_median_gflops_per_s']) + ' (before / after)')
-  print('| | ms/call | images/s | GFLOP/call (XLA) | GFLOP/s | compile s | torch images/s | ratio |')
+  print('| | ms/call | images/s | GFLOP/call (XLA) | GFLOP/s | compile s | torch images/s | '
+        'ratio (median of rounds) |')
   print('|---|---|---|---|---|---|---|---|')
   for name in ('train', 'infer'):
     r = res[name]
     t = f"{peer[name]['images_per_s']:.1f} | {res['ratio_' + name]:.2f}x" if peer else '- | -'
     print(f"| {name} | {r['median_s'] * 1e3:.1f} | {r['images_per_s']:.1f} | "
           f"{r['flops'] / 1e9:.2f} | {r['gflops_per_s']:.1f} | {r['compile_s']:.1f} | {t} |")
+  if peer:
+    for name in ('train', 'infer'):
+      cells = ', '.join(f"{r[name]['images_per_s']:.1f} / {r['torch'][name]['images_per_s']:.1f}"
+                        f" = {r['ratio_' + name]:.2f}x" for r in rounds if 'torch' in r)
+      print(f"{name} per round (jax / torch images/s): {cells}; median ratio "
+            f"{res['ratio_' + name]:.2f}x")
   for name in ('train', 'infer'):
     t = res[name]
     print(f"{name}: best call {t['best_s'] * 1e3:.0f} ms; plain-equivalent "
