@@ -41,9 +41,10 @@ contribution can also be computed once (`conv4x4_up_terms`) and passed back to l
 (cGML's z step and (H, G) step share G's skip contributions this way).
 
 `impl` picks how the stride-1 part runs: 'matmul' (explicit patches and one dot: best on
-tiny maps) or 'conv' (an XLA convolution: best on larger maps), 'auto' chooses by map
-size (matmul up to 4x4 inputs for the up layer, up to 16x16 for the down layer), 'plain' is the reference flax layer's op, kept for tests and benchmarks. On maps of
-up to 8x8 pixels the 'conv' form's kernel gradient is patches + one dot (a custom VJP;
+small maps) or 'conv' (an XLA convolution: best on larger maps), 'auto' chooses by map
+size (matmul up to 4x4 inputs for the up layer, up to 16x16 for the down layer), 'plain'
+is the reference flax layer's op, kept for tests and benchmarks. On maps of up to 8x8
+pixels the 'conv' form's kernel gradient is patches + one dot (a custom VJP;
 XLA:CPU's own kernel-gradient convolution is slow there), its forward pass XLA's.
 """
 
@@ -62,9 +63,9 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 # Up to this many pixels per map, explicit patches + dot beat XLA:CPU convolutions
 # (measured on the bench shapes: 2x2 and 4x4 maps; see benchmarks/bench.py).
 _MATMUL_MAX_PIXELS = 16
-# The down layers' patches are 16 strided slices of the input, no larger than it; up to
-# 16x16 inputs their dot beats space-to-depth + XLA's convolution in the bench train step
-# (0.954 and 0.966 of its time, alternated in one process; inference unchanged, 1.009).
+# For the down layer (patches: 16 strided slices, 4x the input) the dot still beats
+# space-to-depth + XLA's convolution up to 16x16 inputs: the bench train step took 0.954
+# and 0.966 of its time (alternated in one process), inference 1.009 (unchanged).
 _DOWN_MATMUL_MAX_PIXELS = 256
 # Up to this many pixels per map, the 'conv' form keeps XLA's convolution forward (faster
 # there than patches + dot: inference of the bench config 1.23x slower with 8x8 maps as
