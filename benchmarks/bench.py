@@ -245,12 +245,10 @@ def alternate(timers: dict, peer_fn, steps: int, rounds: int) -> dict:
 
 def _pool(timings: list[dict]) -> dict:
   """One timing from several rounds of the same program: median of medians, best of bests."""
-  out = dict(timings[0])
-  out['median_s'] = float(np.median([t['median_s'] for t in timings]))
-  out['best_s'] = min(t['best_s'] for t in timings)
-  out['images_per_s'] = timings[0]['images_per_s'] * timings[0]['median_s'] / out['median_s']
-  out['gflops_per_s'] = out['flops'] / out['median_s'] / 1e9
-  return out
+  t0 = timings[0]
+  return _timing(t0['images_per_s'] * t0['median_s'], t0['flops'], t0['compile_s'],
+                 float(np.median([t['median_s'] for t in timings])),
+                 min(t['best_s'] for t in timings))
 
 
 def layer_shapes(c) -> list[tuple[str, int, int, int]]:
