@@ -202,25 +202,44 @@ def test_up_reused_terms_give_the_same_values_and_gradients(impl):
     conv4x4_up(parts, kernel, impl, terms=[None])
 
 
-@pytest.mark.parametrize('hw', [(4, 6), (10, 8)])  # below and above _DOT_KGRAD_MAX_PIXELS
-def test_conv_form_gradients_on_both_sides_of_the_dot_kernel_gradient(hw):
-  # The 'conv' form takes its kernel gradient as patches + dot on small maps only; both
-  # sides must match the plain layers, values and gradients.
+@pytest.mark.parametrize('hw', [(4, 6), (10, 8)])
+def test_forms_on_non_square_maps_composed_match_plain(hw):
+  # The up layer's custom VJP (exact-FLOP dx and dkernel from the 16 tap slices of g) and
+  # the down layer's patches, on non-square maps, composed: values and gradients of every
+  # form match the plain layers.
   keys = jax.random.split(jax.random.key(11), 5)
   x = jax.random.normal(keys[0], (2,) + hw + (3,))
-  k_down = jax.random.normal(keys[1], (4, 4, 3, 4))
-  k_up = jax.random.normal(keys[2], (4, 4, 3, 2))
-  cot_down = jax.random.normal(keys[3], (2, hw[0] // 2, hw[1] // 2, 4))
-  cot_up = jax.random.normal(keys[4], (2, 2 * hw[0], 2 * hw[1], 2))
+  # Kernels scaled ~1/sqrt(fan-in), so that the composed values stay O(1) for the 1e-5 check.
+  k_down = 0.15 * jax.random.normal(keys[1], (4, 4, 3, 4))
+  k_up = 0.15 * jax.random.normal(keys[2], (4, 4, 4, 2))
+  cot = jax.random.normal(keys[4], (2,) + hw + (2,))
 
   @jax.jit
   def run(x, k_down, k_up):
     def loss(x, k_down, k_up, impl):
-      return (jnp.sum(conv4x4_down(x, k_down, impl) * cot_down)
-              + jnp.sum(conv4x4_up(x, k_up, impl) * cot_up))
+      return jnp.sum(conv4x4_up(jnp.tanh(conv4x4_down(x, k_down, impl)), k_up, impl) * cot)
 
     return [jax.value_and_grad(loss, argnums=(0, 1, 2))(x, k_down, k_up, impl)
-            for impl in ('conv', 'plain')]
+            for impl in ('matmul', 'conv', 'plain')]
 
-  conv, plain = run(x, k_down, k_up)
+  matmul, conv, plain = run(x, k_down, k_up)
+  _assert_close(matmul, plain)
   _assert_close(conv, plain)
+
+
+@pytest.mark.parametrize('impl', ['matmul', 'conv'])
+def test_up_second_order_gradients_match_plain(impl):
+  # Reverse over reverse (e.g. a gradient penalty) differentiates the custom VJP itself.
+  keys = jax.random.split(jax.random.key(12), 3)
+  x = jax.random.normal(keys[0], (2, 4, 4, 3))
+  kernel = 0.2 * jax.random.normal(keys[1], (4, 4, 3, 2))  # ~1/sqrt(fan-in): values O(1)
+  cot = jax.random.normal(keys[2], (2, 8, 8, 2))
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def penalty(x, kernel, impl):
+    gx = jax.grad(lambda x: jnp.sum(jnp.tanh(conv4x4_up(x, kernel, impl)) * cot))(x)
+    return jnp.sum(gx ** 2)
+
+  got = jax.grad(penalty, argnums=(0, 1))(x, kernel, impl)
+  want = jax.grad(penalty, argnums=(0, 1))(x, kernel, 'plain')
+  _assert_close(got, want)

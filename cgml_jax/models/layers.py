@@ -18,14 +18,26 @@ gradients are stride-1 ops and matmuls too:
 
   down: pad 1, then every output pixel reads the 4x4 window at (2i, 2j). Gathering those
     16 strided slices gives an (B*H/2*W/2, 16 C) patch matrix ("im2col"), times the
-    kernel reshaped to (16 C, O). No FLOP is wasted.
+    kernel reshaped to (16 C, O). No FLOP is wasted; the gradient wrt x is the patches'
+    gradient summed back (pads and adds), the kernel gradient patches^T times g.
 
-  up: output pixel (2i+a, 2j+b) only sees the 2x2 input window starting at (i+a, j+b) of
-    the 1-padded input, through the taps w[2t+a, 2u+b] (t, u in {0, 1}). So one
-    stride-1 2x2 convolution of the padded input to 4*O channels (one block of O per
-    parity (a, b)) evaluated on the (H+1) x (W+1) windows, followed by picking for each
-    parity its shifted window, is the transposed convolution. The only extra work is
-    the one extra row and column of windows, a factor (H+1)(W+1)/(HW).
+  up, forward: output pixel (2i+a, 2j+b) only sees the 2x2 input window starting at
+    (i+a, j+b) of the 1-padded input, through the taps w[2t+a, 2u+b] (t, u in {0, 1}).
+    So one stride-1 2x2 convolution of the padded input to 4*O channels (one block of O
+    per parity (a, b)) evaluated on the (H+1) x (W+1) windows, followed by picking for
+    each parity its shifted window, is the transposed convolution. The only extra work
+    is the one extra row and column of windows, a factor (H+1)(W+1)/(HW).
+
+  up, backward (a custom VJP): input pixel (i, j) reaches output pixel
+    (2i + 2 - kh, 2j + 2 - kw) through tap (kh, kw). Gathering g at those 16 pixels (the
+    16 strided slices of the down layer, on g padded by 1) gives a (B*H*W, 16 O) matrix
+    T; then dx = T times the flipped kernel (a stride-2 convolution of g, as one dot)
+    and dkernel = x^T T. Both have exactly the plain layer's FLOPs. Autodiff of the
+    forward instead multiplies the zero-padded (H+1) x (W+1) x 4 O gradient through the
+    2x2 form (2.25x the FLOPs on 2x2 maps), and XLA:CPU's own kernel-gradient
+    convolutions run at ~2 GFLOP/s on these shapes; this VJP made the bench train step
+    1.25x faster. The custom VJP means `jax.jvp` (forward mode) does not go through the
+    fast up layer; use impl='plain' for that.
 
 Both are parametrised by the ORIGINAL 4x4 kernel (same names, shapes, initialisers as
 `nn.Conv` / `nn.ConvTranspose`), so `SpectralNorm` (which flattens the kernel to
@@ -40,16 +52,16 @@ wrt z only, so the skip halves get none), and with parts of a smaller batch broa
 contribution can also be computed once (`conv4x4_up_terms`) and passed back to later calls
 (cGML's z step and (H, G) step share G's skip contributions this way).
 
-`impl` picks how the stride-1 part runs: 'matmul' (explicit patches and one dot: best on
-small maps) or 'conv' (an XLA convolution: best on larger maps), 'auto' chooses by map
-size (matmul up to 4x4 inputs for the up layer, up to 16x16 for the down layer), 'plain'
-is the reference flax layer's op, kept for tests and benchmarks. On maps of up to 8x8
-pixels the 'conv' form's kernel gradient is patches + one dot (a custom VJP;
-XLA:CPU's own kernel-gradient convolution is slow there), its forward pass XLA's.
+`impl` picks how the stride-1 part of the forward pass runs: 'matmul' (explicit patches
+and one dot) or 'conv' (an XLA convolution). 'auto' takes 'matmul' for the down layer up
+to 16x16 inputs and 'conv' above, and 'conv' for the up layer at every size (measured on
+the bench shapes, see the constants below). 'plain' is the reference flax layer's op,
+kept for tests and benchmarks.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -60,18 +72,13 @@ from jax import lax
 IMPLS = ('auto', 'matmul', 'conv', 'plain')
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
-# Up to this many pixels per map, explicit patches + dot beat XLA:CPU convolutions
-# (measured on the bench shapes: 2x2 and 4x4 maps; see benchmarks/bench.py).
-_MATMUL_MAX_PIXELS = 16
-# For the down layer (patches: 16 strided slices, 4x the input) the dot still beats
-# space-to-depth + XLA's convolution up to 16x16 inputs: the bench train step took 0.954
-# and 0.966 of its time (alternated in one process), inference 1.009 (unchanged).
+# 'auto' takes the 'matmul' form up to this many input pixels. Down layer: the dot beats
+# space-to-depth + XLA's convolution up to 16x16 inputs (bench train step 0.954 and 0.966
+# of its time, alternated in one process; inference unchanged). Up layer: with the custom
+# VJP, XLA's 2x2 convolution forward beat patches + dot on every bench map (train step
+# 0.96-1.0 of the time with 2x2 and 4x4 maps as 'matmul', inference 0.93).
 _DOWN_MATMUL_MAX_PIXELS = 256
-# Up to this many pixels per map, the 'conv' form keeps XLA's convolution forward (faster
-# there than patches + dot: inference of the bench config 1.23x slower with 8x8 maps as
-# matmul) but takes its kernel gradient as patches + one dot (XLA:CPU's kernel-gradient
-# convolution with a 9x9 window on a 2x2 output was ~15 % of the bench train step).
-_DOT_KGRAD_MAX_PIXELS = 64
+_UP_MATMUL_MAX_PIXELS = 0
 
 
 def _patches2x2(x: jax.Array, ho: int, wo: int) -> jax.Array:
@@ -79,37 +86,35 @@ def _patches2x2(x: jax.Array, ho: int, wo: int) -> jax.Array:
   return jnp.concatenate([x[:, t:t + ho, u:u + wo] for t in range(2) for u in range(2)], -1)
 
 
+def _space_to_depth(xp: jax.Array) -> jax.Array:
+  """(B, 2M, 2N, C) -> (B, M, N, 4 C): block (m, n) holds xp[2m + r, 2n + s] at channel (r, s, c)."""
+  b, h2, w2, c = xp.shape
+  return xp.reshape(b, h2 // 2, 2, w2 // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, h2 // 2, w2 // 2, 4 * c)
+
+
+def _stride2_patches(xp: jax.Array, ho: int, wo: int) -> jax.Array:
+  """The 4x4 windows at (2i, 2j) of xp (B, >= 2 ho + 2, >= 2 wo + 2, C): (B, ho, wo, 16 C).
+
+  Window tap (2t + r, 2u + s) is at channel (t, u, r, s, c); `_stride2_kernel` puts a
+  4x4 kernel in that order. (16 strided slices: space-to-depth and 4 shifted slices
+  instead made the bench train step 4 % slower.)
+  """
+  b, _, _, c = xp.shape
+  cols = [lax.slice(xp, (0, 2 * t + r, 2 * u + s, 0),
+                    (b, 2 * t + r + 2 * ho - 1, 2 * u + s + 2 * wo - 1, c), (1, 2, 2, 1))
+          for t in range(2) for u in range(2) for r in range(2) for s in range(2)]
+  return jnp.stack(cols, axis=3).reshape(b, ho, wo, 16 * c)
+
+
+def _stride2_kernel(kernel: jax.Array) -> jax.Array:
+  """(4, 4, C, O) -> (16 C, O), rows in the tap order of `_stride2_patches`."""
+  c, o = kernel.shape[2:]
+  return kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(16 * c, o)
+
+
 def _conv2x2(x: jax.Array, k: jax.Array) -> jax.Array:
   return lax.conv_general_dilated(x, k, (1, 1), 'VALID', dimension_numbers=_DN)
-
-
-@jax.custom_vjp
-def _conv2x2_dot_kgrad(x: jax.Array, k: jax.Array) -> jax.Array:
-  """`_conv2x2` (stride 1, VALID) whose kernel gradient is one dot of patches."""
-  return _conv2x2(x, k)
-
-
-def _conv2x2_fwd(x, k):
-  return _conv2x2(x, k), (x, k)
-
-
-def _conv2x2_bwd(res, g):
-  x, k = res
-  (dx,) = jax.vjp(lambda x: _conv2x2(x, k), x)[1](g)
-  ho, wo = g.shape[1:3]
-  c, o = k.shape[2:]
-  # dk[t, u, c, o] = sum over (b, i, j) of x[b, i + t, j + u, c] g[b, i, j, o].
-  patches = _patches2x2(x, ho, wo)
-  dk = jnp.dot(patches.reshape(-1, 4 * c).T, g.reshape(-1, o))
-  return dx, dk.reshape(k.shape)
-
-
-_conv2x2_dot_kgrad.defvjp(_conv2x2_fwd, _conv2x2_bwd)
-
-
-def _conv2x2_for(pixels: int):
-  """The 2x2 convolution of the 'conv' form for a layer input of `pixels` pixels."""
-  return _conv2x2_dot_kgrad if pixels <= _DOT_KGRAD_MAX_PIXELS else _conv2x2
 
 
 def _check_nhwc(x: jax.Array, name: str):
@@ -117,7 +122,7 @@ def _check_nhwc(x: jax.Array, name: str):
     raise ValueError(f'{name} expects NHWC input (B, H, W, C), got shape {x.shape}')
 
 
-def _resolve(impl: str, x: jax.Array, matmul_max_pixels: int = _MATMUL_MAX_PIXELS) -> str:
+def _resolve(impl: str, x: jax.Array, matmul_max_pixels: int) -> str:
   if impl not in IMPLS:
     raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
   if impl != 'auto':
@@ -152,18 +157,11 @@ def conv4x4_down(x: jax.Array, kernel: jax.Array, impl: str = 'auto') -> jax.Arr
   ho, wo = h // 2, w // 2
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   if impl == 'matmul':
-    # Patch (k, l, c) of output (i, j) is xp[2i + k, 2j + l, c]: 16 strided slices, in the
-    # order of kernel.reshape(16 C, O).
-    cols = [lax.slice(xp, (0, k, l, 0), (b, k + 2 * ho - 1, l + 2 * wo - 1, c), (1, 2, 2, 1))
-            for k in range(4) for l in range(4)]
-    patches = jnp.stack(cols, axis=3).reshape(b, ho, wo, 16 * c)
-    return jnp.dot(patches, kernel.reshape(16 * c, o))
+    return jnp.dot(_stride2_patches(xp, ho, wo), _stride2_kernel(kernel))
   # 'conv': space-to-depth turns the stride-2 4x4 window into a stride-1 2x2 window of
   # 2x2 blocks; block (m, n) holds xp[2m + r, 2n + s] at channel (r, s, c).
-  hb, wb = ho + 1, wo + 1
-  s2d = xp.reshape(b, hb, 2, wb, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hb, wb, 4 * c)
-  k2 = kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, o)
-  return _conv2x2_for(h * w)(s2d, k2)
+  k2 = _stride2_kernel(kernel).reshape(2, 2, 4 * c, o)
+  return _conv2x2(_space_to_depth(xp), k2)
 
 
 def _as_parts(x) -> list:
@@ -213,35 +211,83 @@ def _kernel_parts(kernel: jax.Array, widths: list[int]) -> list:
   return [kernel[:, :, o:o + c] for o, c in zip(offsets, widths)]
 
 
+def _interleave(r: jax.Array, h: int, w: int) -> jax.Array:
+  """(B, H+1, W+1, 2, 2, O) windows x parities -> (B, 2H, 2W, O)."""
+  # Output (2i + a, 2j + b) is window (i + a, j + b), channel block (a, b).
+  y = jnp.stack([jnp.stack([r[:, a:a + h, p:p + w, a, p] for p in range(2)], axis=3)
+                 for a in range(2)], axis=2)  # (B, H, 2, W, 2, O)
+  return y.reshape(r.shape[0], 2 * h, 2 * w, r.shape[-1])
+
+
+def _up_forward(x: jax.Array, k: jax.Array, form: str) -> jax.Array:
+  """The up layer of one part, (B, H, W, C) -> (B, 2H, 2W, O), by its stride-1 2x2 form."""
+  b, h, w, c = x.shape
+  o = k.shape[-1]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # Tap (t, u) of parity (a, b) is kernel[2t + a, 2u + b]: regroup the 4x4 kernel into a
+  # 2x2 kernel with output channels (a, b, o).
+  k2 = k.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
+  if form == 'matmul':
+    r = jnp.dot(_patches2x2(xp, h + 1, w + 1), k2.reshape(4 * c, 4 * o))
+  else:
+    r = _conv2x2(xp, k2.reshape(2, 2, c, 4 * o))
+  return _interleave(r.reshape(b, h + 1, w + 1, 2, 2, o), h, w)
+
+
+def _up_taps(g: jax.Array) -> jax.Array:
+  """(B, 2H, 2W, O) -> (B, H, W, 16 O): for input pixel (i, j), g at the output pixel of
+  each kernel tap (kh, kw), which is (2i + 2 - kh, 2j + 2 - kw) (zero outside).
+
+  That pixel is (2i + kh', 2j + kw') of g padded by 1, with kh' = 3 - kh: the taps are
+  the `_stride2_patches` of padded g, for the kernel flipped in both spatial axes.
+  """
+  _, h2, w2, _ = g.shape
+  gp = jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return _stride2_patches(gp, h2 // 2, w2 // 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _up_part(x: jax.Array, k: jax.Array, form: str) -> jax.Array:
+  """`_up_forward` with a VJP of exact FLOPs (see the module docstring)."""
+  return _up_forward(x, k, form)
+
+
+def _up_part_fwd(x, k, form):
+  return _up_forward(x, k, form), (x, k)
+
+
+def _up_part_bwd(form, res, g):
+  del form
+  x, k = res
+  c, o = k.shape[2:]
+  taps = _up_taps(g).reshape(-1, 16 * o)
+  flipped = k[::-1, ::-1]
+  # dx[i, j] = sum over taps of g(tap's output pixel) k[tap]^T: a stride-2 4x4 convolution
+  # of g, as patches and one dot; dk[tap] = sum over pixels of x^T g(tap's output pixel).
+  dx = jnp.dot(taps, _stride2_kernel(flipped.transpose(0, 1, 3, 2))).reshape(x.shape)
+  dk = jnp.dot(x.reshape(-1, c).T, taps)  # (C, 16 O), columns in the order (t, u, r, s, o)
+  dk = dk.reshape(c, 2, 2, 2, 2, o).transpose(1, 3, 2, 4, 0, 5).reshape(4, 4, c, o)
+  return dx, dk[::-1, ::-1]
+
+
+_up_part.defvjp(_up_part_fwd, _up_part_bwd)
+
+
 def _up_terms(parts: list, kernel: jax.Array, widths: list[int], impl: str,
               which: list[bool]) -> list:
-  """Each selected part convolved with its kernel slice (None for the others).
-
-  A term is (B_i, H+1, W+1, 4 O), the 2x2 convolution before the parity interleave, or
-  for impl 'plain' (B_i, 2H, 2W, O), the part's transposed convolution.
-  """
+  """Each selected part's transposed convolution (B_i, 2H, 2W, O) (None for the others)."""
   _, h, w, _ = parts[0].shape
   o = kernel.shape[-1]
   terms = []
   for p, kp, c, sel in zip(parts, _kernel_parts(kernel, widths), widths, which):
     if not sel:
       terms.append(None)
-      continue
-    if c == 0:  # an empty part (the L1 baseline's z map of width 0) contributes nothing
-      tail = (2 * h, 2 * w, o) if impl == 'plain' else (h + 1, w + 1, 4 * o)
-      terms.append(jnp.zeros((p.shape[0],) + tail, p.dtype))
-      continue
-    if impl == 'plain':
+    elif c == 0:  # an empty part (the L1 baseline's z map of width 0) contributes nothing
+      terms.append(jnp.zeros((p.shape[0], 2 * h, 2 * w, o), p.dtype))
+    elif impl == 'plain':
       terms.append(lax.conv_transpose(p, kp, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN))
-      continue
-    xp = jnp.pad(p, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    # Tap (t, u) of parity (a, b) is kernel[2t + a, 2u + b]: regroup the 4x4 kernel into a
-    # 2x2 kernel with output channels (a, b, o).
-    k2 = kp.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
-    if impl == 'matmul':
-      terms.append(jnp.dot(_patches2x2(xp, h + 1, w + 1), k2.reshape(4 * c, 4 * o)))
     else:
-      terms.append(_conv2x2_for(h * w)(xp, k2.reshape(2, 2, c, 4 * o)))
+      terms.append(_up_part(p, kp, impl))
   return terms
 
 
@@ -253,12 +299,14 @@ def conv4x4_up_terms(x, kernel: jax.Array, which, impl: str = 'auto') -> list:
   times with those parts unchanged (cGML's z step and (H, G) step both read the U-Net
   skips of the same h at the same parameters) computes them once and passes them back as
   `conv4x4_up(x, kernel, impl, terms=...)`. Gradients flow through the terms as usual.
+  A term is the part's transposed convolution (B_i, 2H, 2W, O), the same array whichever
+  impl computed it.
 
   Args:
     x: the channel parts, as for `conv4x4_up`; unselected parts only give their shapes.
     kernel: (4, 4, C, O), the whole layer's kernel.
     which: one bool per part: compute its term.
-    impl: as for `conv4x4_up`; the terms are only valid for the same impl.
+    impl: as for `conv4x4_up`.
 
   Returns:
     A list with one entry per part: its term (an array) if selected, else None.
@@ -269,7 +317,7 @@ def conv4x4_up_terms(x, kernel: jax.Array, which, impl: str = 'auto') -> list:
   if len(which) != len(parts):
     raise ValueError(f'conv4x4_up_terms: which has {len(which)} entries for {len(parts)} '
                      'input parts')
-  return _up_terms(parts, kernel, widths, _resolve(impl, parts[0]), which)
+  return _up_terms(parts, kernel, widths, _resolve(impl, parts[0], _UP_MATMUL_MAX_PIXELS), which)
 
 
 def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto', terms=None) -> jax.Array:
@@ -291,8 +339,8 @@ def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto', terms=None) -> jax.Arra
     kernel: (4, 4, C, O) (C = sum of C_i), as in `nn.ConvTranspose` (transpose_kernel=False).
     impl: 'auto', 'matmul', 'conv' or 'plain' (see module docstring).
     terms: optional, one entry per part: None, or that part's term from
-      `conv4x4_up_terms` (same parts, kernel and impl), used instead of convolving the
-      part again (the part then only gives its shape).
+      `conv4x4_up_terms` (same parts and kernel), used instead of convolving the part
+      again (the part then only gives its shape).
 
   Returns:
     (B, 2H, 2W, O).
@@ -300,7 +348,7 @@ def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto', terms=None) -> jax.Arra
   parts = _as_parts(x)
   b, widths = _check_parts(parts, kernel, 'conv4x4_up')
   _, h, w, _ = parts[0].shape
-  impl = _resolve(impl, parts[0])
+  impl = _resolve(impl, parts[0], _UP_MATMUL_MAX_PIXELS)
   o = kernel.shape[-1]
   terms = [None] * len(parts) if terms is None else list(terms)
   if len(terms) != len(parts):
@@ -308,20 +356,13 @@ def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto', terms=None) -> jax.Arra
   if impl == 'plain' and all(t is None for t in terms):
     xc = jnp.concatenate([_broadcast_batch(p, b) for p in parts], axis=-1)
     return lax.conv_transpose(xc, kernel, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN)
-  tail = (2 * h, 2 * w, o) if impl == 'plain' else (h + 1, w + 1, 4 * o)
+  tail = (2 * h, 2 * w, o)
   for p, t in zip(parts, terms):
     if t is not None and tuple(t.shape) != (p.shape[0],) + tail:
       raise ValueError(f'conv4x4_up: a given term of shape {t.shape} does not fit part '
-                       f'{p.shape} (expected {(p.shape[0],) + tail}, impl {impl!r})')
+                       f'{p.shape} (expected {(p.shape[0],) + tail})')
   computed = _up_terms(parts, kernel, widths, impl, [t is None for t in terms])
-  r = _sum_parts([t if t is not None else c for t, c in zip(terms, computed)])
-  if impl == 'plain':
-    return r
-  r = r.reshape(b, h + 1, w + 1, 2, 2, o)
-  # Output (2i + a, 2j + b) is window (i + a, j + b), channel block (a, b).
-  y = jnp.stack([jnp.stack([r[:, a:a + h, p:p + w, a, p] for p in range(2)], axis=3)
-                 for a in range(2)], axis=2)  # (B, H, 2, W, 2, O)
-  return y.reshape(b, 2 * h, 2 * w, o)
+  return _sum_parts([t if t is not None else c for t, c in zip(terms, computed)])
 
 
 class _Conv4x4(nn.Module):
