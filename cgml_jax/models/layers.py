@@ -219,21 +219,6 @@ def _interleave(r: jax.Array, h: int, w: int) -> jax.Array:
   return y.reshape(r.shape[0], 2 * h, 2 * w, r.shape[-1])
 
 
-def _up_forward(x: jax.Array, k: jax.Array, form: str) -> jax.Array:
-  """The up layer of one part, (B, H, W, C) -> (B, 2H, 2W, O), by its stride-1 2x2 form."""
-  b, h, w, c = x.shape
-  o = k.shape[-1]
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  # Tap (t, u) of parity (a, b) is kernel[2t + a, 2u + b]: regroup the 4x4 kernel into a
-  # 2x2 kernel with output channels (a, b, o).
-  k2 = k.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
-  if form == 'matmul':
-    r = jnp.dot(_patches2x2(xp, h + 1, w + 1), k2.reshape(4 * c, 4 * o))
-  else:
-    r = _conv2x2(xp, k2.reshape(2, 2, c, 4 * o))
-  return _interleave(r.reshape(b, h + 1, w + 1, 2, 2, o), h, w)
-
-
 def _up_taps(g: jax.Array) -> jax.Array:
   """(B, 2H, 2W, O) -> (B, H, W, 16 O): for input pixel (i, j), g at the output pixel of
   each kernel tap (kh, kw), which is (2i + 2 - kh, 2j + 2 - kw) (zero outside).
@@ -246,31 +231,57 @@ def _up_taps(g: jax.Array) -> jax.Array:
   return _stride2_patches(gp, h2 // 2, w2 // 2)
 
 
+def _up_sum(parts: tuple, kernels: tuple, form: str) -> jax.Array:
+  """sum_i up(parts[i], kernels[i]) (parts of a smaller batch broadcast), one interleave."""
+  b, h, w, _ = max(parts, key=lambda p: p.shape[0]).shape
+  o = kernels[0].shape[-1]
+  rs = []
+  for x, k in zip(parts, kernels):
+    c = x.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    # Tap (t, u) of parity (a, b) is kernel[2t + a, 2u + b]: regroup the 4x4 kernel into
+    # a 2x2 kernel with output channels (a, b, o).
+    k2 = k.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
+    if form == 'matmul':
+      rs.append(jnp.dot(_patches2x2(xp, h + 1, w + 1), k2.reshape(4 * c, 4 * o)))
+    else:
+      rs.append(_conv2x2(xp, k2.reshape(2, 2, c, 4 * o)))
+  r = _sum_parts(rs)
+  return _interleave(r.reshape(b, h + 1, w + 1, 2, 2, o), h, w)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _up_part(x: jax.Array, k: jax.Array, form: str) -> jax.Array:
-  """`_up_forward` with a VJP of exact FLOPs (see the module docstring)."""
-  return _up_forward(x, k, form)
+def _up_layer(parts: tuple, kernels: tuple, form: str) -> jax.Array:
+  """`_up_sum` with a VJP of exact FLOPs (see the module docstring)."""
+  return _up_sum(parts, kernels, form)
 
 
-def _up_part_fwd(x, k, form):
-  return _up_forward(x, k, form), (x, k)
+def _up_layer_fwd(parts, kernels, form):
+  return _up_sum(parts, kernels, form), (parts, kernels)
 
 
-def _up_part_bwd(form, res, g):
+def _up_layer_bwd(form, res, g):
   del form
-  x, k = res
-  c, o = k.shape[2:]
-  taps = _up_taps(g).reshape(-1, 16 * o)
-  flipped = k[::-1, ::-1]
-  # dx[i, j] = sum over taps of g(tap's output pixel) k[tap]^T: a stride-2 4x4 convolution
-  # of g, as patches and one dot; dk[tap] = sum over pixels of x^T g(tap's output pixel).
-  dx = jnp.dot(taps, _stride2_kernel(flipped.transpose(0, 1, 3, 2))).reshape(x.shape)
-  dk = jnp.dot(x.reshape(-1, c).T, taps)  # (C, 16 O), columns in the order (t, u, r, s, o)
-  dk = dk.reshape(c, 2, 2, 2, 2, o).transpose(1, 3, 2, 4, 0, 5).reshape(4, 4, c, o)
-  return dx, dk[::-1, ::-1]
+  parts, kernels = res
+  b, _, _, o = g.shape
+  taps = _up_taps(g)  # once for all parts
+  dxs, dks = [], []
+  for x, k in zip(parts, kernels):
+    c = x.shape[-1]
+    t = taps
+    if x.shape[0] != b:  # a broadcast part: its rows' taps summed over their repeats
+      t = taps.reshape((x.shape[0], b // x.shape[0]) + taps.shape[1:]).sum(1)
+    t = t.reshape(-1, 16 * o)
+    # dx[i, j] = sum over taps of g(tap's output pixel) k[tap]^T: a stride-2 4x4
+    # convolution of g, as one dot; dk[tap] = sum over pixels of x^T g(tap's output pixel).
+    dxs.append(jnp.dot(t, _stride2_kernel(k[::-1, ::-1].transpose(0, 1, 3, 2))).reshape(x.shape))
+    dk = jnp.dot(x.reshape(-1, c).T, t)  # (C, 16 O), columns in the order (t, u, r, s, o)
+    dk = dk.reshape(c, 2, 2, 2, 2, o).transpose(1, 3, 2, 4, 0, 5).reshape(4, 4, c, o)
+    dks.append(dk[::-1, ::-1])
+  return tuple(dxs), tuple(dks)
 
 
-_up_part.defvjp(_up_part_fwd, _up_part_bwd)
+_up_layer.defvjp(_up_layer_fwd, _up_layer_bwd)
 
 
 def _up_terms(parts: list, kernel: jax.Array, widths: list[int], impl: str,
@@ -287,7 +298,7 @@ def _up_terms(parts: list, kernel: jax.Array, widths: list[int], impl: str,
     elif impl == 'plain':
       terms.append(lax.conv_transpose(p, kp, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN))
     else:
-      terms.append(_up_part(p, kp, impl))
+      terms.append(_up_layer((p,), (kp,), impl))
   return terms
 
 
@@ -361,8 +372,18 @@ def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto', terms=None) -> jax.Arra
     if t is not None and tuple(t.shape) != (p.shape[0],) + tail:
       raise ValueError(f'conv4x4_up: a given term of shape {t.shape} does not fit part '
                        f'{p.shape} (expected {(p.shape[0],) + tail})')
-  computed = _up_terms(parts, kernel, widths, impl, [t is None for t in terms])
-  return _sum_parts([t if t is not None else c for t, c in zip(terms, computed)])
+  if impl == 'plain':
+    computed = _up_terms(parts, kernel, widths, impl, [t is None for t in terms])
+    return _sum_parts([t if t is not None else c for t, c in zip(terms, computed)])
+  # The parts to convolve go through one VJP, which gathers g's taps once for all of them.
+  todo = [(p, kp) for p, kp, t, c in zip(parts, _kernel_parts(kernel, widths), terms, widths)
+          if t is None and c > 0]
+  given = [t for t in terms if t is not None]
+  if todo:
+    given.append(_up_layer(tuple(p for p, _ in todo), tuple(k for _, k in todo), impl))
+  if not given:  # every part empty
+    return jnp.zeros((b, 2 * h, 2 * w, o), parts[0].dtype)
+  return _sum_parts(given)
 
 
 class _Conv4x4(nn.Module):
