@@ -93,22 +93,24 @@ def _space_to_depth(xp: jax.Array) -> jax.Array:
       b, h2 // 2, w2 // 2, 4 * c)
 
 
-def _stride2_patches(xp: jax.Array, ho: int, wo: int) -> jax.Array:
+def _stride2_patches(xp: jax.Array, ho: int, wo: int, flip: bool = False) -> jax.Array:
   """The 4x4 windows at (2i, 2j) of xp (B, >= 2 ho + 2, >= 2 wo + 2, C): (B, ho, wo, 16 C).
 
-  Window tap (2t + r, 2u + s) is at channel (t, u, r, s, c); `_stride2_kernel` puts a
-  4x4 kernel in that order. (16 strided slices: space-to-depth and 4 shifted slices
-  instead made the bench train step 4 % slower.)
+  Channel (k, l, c) holds window tap (k, l), i.e. xp[2i + k, 2j + l, c], so the patches
+  meet `kernel.reshape(16 C, O)` without reordering the kernel; with `flip`, tap
+  (3 - k, 3 - l). 16 strided slices (space-to-depth and 4 shifted slices instead made the
+  bench train step 4 % slower).
   """
   b, _, _, c = xp.shape
-  cols = [lax.slice(xp, (0, 2 * t + r, 2 * u + s, 0),
-                    (b, 2 * t + r + 2 * ho - 1, 2 * u + s + 2 * wo - 1, c), (1, 2, 2, 1))
-          for t in range(2) for u in range(2) for r in range(2) for s in range(2)]
+  offsets = [(3 - k, 3 - l) if flip else (k, l) for k in range(4) for l in range(4)]
+  cols = [lax.slice(xp, (0, k, l, 0), (b, k + 2 * ho - 1, l + 2 * wo - 1, c), (1, 2, 2, 1))
+          for k, l in offsets]
   return jnp.stack(cols, axis=3).reshape(b, ho, wo, 16 * c)
 
 
 def _stride2_kernel(kernel: jax.Array) -> jax.Array:
-  """(4, 4, C, O) -> (16 C, O), rows in the tap order of `_stride2_patches`."""
+  """(4, 4, C, O) -> (16 C, O), rows in the channel order (t, u, r, s, c) of
+  `_space_to_depth` followed by `_patches2x2`: tap (2t + r, 2u + s)."""
   c, o = kernel.shape[2:]
   return kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(16 * c, o)
 
@@ -157,7 +159,7 @@ def conv4x4_down(x: jax.Array, kernel: jax.Array, impl: str = 'auto') -> jax.Arr
   ho, wo = h // 2, w // 2
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   if impl == 'matmul':
-    return jnp.dot(_stride2_patches(xp, ho, wo), _stride2_kernel(kernel))
+    return jnp.dot(_stride2_patches(xp, ho, wo), kernel.reshape(16 * c, o))
   # 'conv': space-to-depth turns the stride-2 4x4 window into a stride-1 2x2 window of
   # 2x2 blocks; block (m, n) holds xp[2m + r, 2n + s] at channel (r, s, c).
   k2 = _stride2_kernel(kernel).reshape(2, 2, 4 * c, o)
@@ -221,14 +223,15 @@ def _interleave(r: jax.Array, h: int, w: int) -> jax.Array:
 
 def _up_taps(g: jax.Array) -> jax.Array:
   """(B, 2H, 2W, O) -> (B, H, W, 16 O): for input pixel (i, j), g at the output pixel of
-  each kernel tap (kh, kw), which is (2i + 2 - kh, 2j + 2 - kw) (zero outside).
+  each kernel tap (kh, kw), which is (2i + 2 - kh, 2j + 2 - kw) (zero outside); channel
+  (kh, kw, o), the kernel's own order.
 
-  That pixel is (2i + kh', 2j + kw') of g padded by 1, with kh' = 3 - kh: the taps are
-  the `_stride2_patches` of padded g, for the kernel flipped in both spatial axes.
+  That pixel is (2i + 3 - kh, 2j + 3 - kw) of g padded by 1: the flipped
+  `_stride2_patches` of padded g.
   """
   _, h2, w2, _ = g.shape
   gp = jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return _stride2_patches(gp, h2 // 2, w2 // 2)
+  return _stride2_patches(gp, h2 // 2, w2 // 2, flip=True)
 
 
 def _up_sum(parts: tuple, kernels: tuple, form: str) -> jax.Array:
@@ -271,13 +274,13 @@ def _up_layer_bwd(form, res, g):
     t = taps
     if x.shape[0] != b:  # a broadcast part: its rows' taps summed over their repeats
       t = taps.reshape((x.shape[0], b // x.shape[0]) + taps.shape[1:]).sum(1)
-    t = t.reshape(-1, 16 * o)
+    t = t.reshape(-1, 16, o)
     # dx[i, j] = sum over taps of g(tap's output pixel) k[tap]^T: a stride-2 4x4
     # convolution of g, as one dot; dk[tap] = sum over pixels of x^T g(tap's output pixel).
-    dxs.append(jnp.dot(t, _stride2_kernel(k[::-1, ::-1].transpose(0, 1, 3, 2))).reshape(x.shape))
-    dk = jnp.dot(x.reshape(-1, c).T, t)  # (C, 16 O), columns in the order (t, u, r, s, o)
-    dk = dk.reshape(c, 2, 2, 2, 2, o).transpose(1, 3, 2, 4, 0, 5).reshape(4, 4, c, o)
-    dks.append(dk[::-1, ::-1])
+    dx = lax.dot_general(t, k.reshape(16, c, o), (((1, 2), (0, 2)), ((), ())))
+    dxs.append(dx.reshape(x.shape))
+    dk = lax.dot_general(x.reshape(-1, c), t, (((0,), (0,)), ((), ())))  # (C, 16, O)
+    dks.append(dk.transpose(1, 0, 2).reshape(4, 4, c, o))
   return tuple(dxs), tuple(dks)
 
 
