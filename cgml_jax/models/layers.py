@@ -31,7 +31,8 @@ gradients are stride-1 ops and matmuls too:
   up, backward (a custom VJP): input pixel (i, j) reaches output pixel
     (2i + 2 - kh, 2j + 2 - kw) through tap (kh, kw). Gathering g at those 16 pixels (the
     16 strided slices of the down layer, on g padded by 1) gives a (B*H*W, 16 O) matrix
-    T; then dx = T times the flipped kernel (a stride-2 convolution of g, as one dot)
+    T (columns in the kernel's (kh, kw) order); then dx = T times the kernel contracted
+    over (kh, kw, O) (a stride-2 convolution of g, as one dot)
     and dkernel = x^T T. Both have exactly the plain layer's FLOPs. Autodiff of the
     forward instead multiplies the zero-padded (H+1) x (W+1) x 4 O gradient through the
     2x2 form (2.25x the FLOPs on 2x2 maps), and XLA:CPU's own kernel-gradient
