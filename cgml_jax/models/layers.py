@@ -288,22 +288,28 @@ def _up_layer_bwd(form, res, g):
 _up_layer.defvjp(_up_layer_fwd, _up_layer_bwd)
 
 
+def _up_convolve(parts: list, kernels: list, impl: str, b: int) -> jax.Array:
+  """sum_i up(parts[i], kernels[i]) by `impl` (a resolved impl), broadcast to batch >= b.
+
+  Empty parts (the L1 baseline's z map of width 0) contribute nothing; with no other part
+  the result is zeros of batch b. The fast forms go through one `_up_layer`, whose VJP
+  gathers g's taps once for all the parts.
+  """
+  _, h, w, _ = parts[0].shape
+  live = [(p, k) for p, k in zip(parts, kernels) if p.shape[-1] > 0]
+  if not live:
+    return jnp.zeros((b, 2 * h, 2 * w, kernels[0].shape[-1]), parts[0].dtype)
+  if impl == 'plain':
+    return _sum_parts([lax.conv_transpose(p, k, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN)
+                       for p, k in live])
+  return _up_layer(tuple(p for p, _ in live), tuple(k for _, k in live), impl)
+
+
 def _up_terms(parts: list, kernel: jax.Array, widths: list[int], impl: str,
               which: list[bool]) -> list:
   """Each selected part's transposed convolution (B_i, 2H, 2W, O) (None for the others)."""
-  _, h, w, _ = parts[0].shape
-  o = kernel.shape[-1]
-  terms = []
-  for p, kp, c, sel in zip(parts, _kernel_parts(kernel, widths), widths, which):
-    if not sel:
-      terms.append(None)
-    elif c == 0:  # an empty part (the L1 baseline's z map of width 0) contributes nothing
-      terms.append(jnp.zeros((p.shape[0], 2 * h, 2 * w, o), p.dtype))
-    elif impl == 'plain':
-      terms.append(lax.conv_transpose(p, kp, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN))
-    else:
-      terms.append(_up_layer((p,), (kp,), impl))
-  return terms
+  return [_up_convolve([p], [kp], impl, p.shape[0]) if sel else None
+          for p, kp, sel in zip(parts, _kernel_parts(kernel, widths), which)]
 
 
 def conv4x4_up_terms(x, kernel: jax.Array, which, impl: str = 'auto') -> list:
@@ -376,17 +382,10 @@ def conv4x4_up(x, kernel: jax.Array, impl: str = 'auto', terms=None) -> jax.Arra
     if t is not None and tuple(t.shape) != (p.shape[0],) + tail:
       raise ValueError(f'conv4x4_up: a given term of shape {t.shape} does not fit part '
                        f'{p.shape} (expected {(p.shape[0],) + tail})')
-  if impl == 'plain':
-    computed = _up_terms(parts, kernel, widths, impl, [t is None for t in terms])
-    return _sum_parts([t if t is not None else c for t, c in zip(terms, computed)])
-  # The parts to convolve go through one VJP, which gathers g's taps once for all of them.
-  todo = [(p, kp) for p, kp, t, c in zip(parts, _kernel_parts(kernel, widths), terms, widths)
-          if t is None and c > 0]
+  todo = [(p, kp) for p, kp, t in zip(parts, _kernel_parts(kernel, widths), terms) if t is None]
   given = [t for t in terms if t is not None]
   if todo:
-    given.append(_up_layer(tuple(p for p, _ in todo), tuple(k for _, k in todo), impl))
-  if not given:  # every part empty
-    return jnp.zeros((b, 2 * h, 2 * w, o), parts[0].dtype)
+    given.append(_up_convolve([p for p, _ in todo], [k for _, k in todo], impl, b))
   return _sum_parts(given)
 
 
