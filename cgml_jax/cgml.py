@@ -296,20 +296,26 @@ class CGMLState(struct.PyTreeNode):
     """
     if hp.latent_init == 'persistent' and not num_examples:
       raise ValueError("latent_init='persistent' needs num_examples (the z table size)")
-    k_enc, k_gen, k_lat, k_z, k_table = jax.random.split(key, 5)
-    variables = {}
-    v = encoder.init(k_enc, x, train=False)
-    h = encoder.apply(v, x, train=False)
-    variables['encoder'] = v
-    z = sample_sphere(k_z, (x.shape[0], hp.z_dim))
-    variables['generator'] = generator.init(k_gen, h, z, train=False)
-    variables['latent'] = latent_net.init(k_lat, z, h, train=False)
-    params = {k: v['params'] for k, v in variables.items()}
-    stats = {k: {c: s for c, s in v.items() if c != 'params'} for k, v in variables.items()}
-    opt_state = {'hg': tx_hg.init(_hg(params)), 'latent': tx_latent.init(params['latent'])}
-    z_table = None
-    if hp.latent_init == 'persistent':
-      z_table = sample_sphere(k_table, (num_examples, hp.z_dim))
+    def init(key, x):
+      k_enc, k_gen, k_lat, k_z, k_table = jax.random.split(key, 5)
+      variables = {}
+      v = encoder.init(k_enc, x, train=False)
+      h = encoder.apply(v, x, train=False)
+      variables['encoder'] = v
+      z = sample_sphere(k_z, (x.shape[0], hp.z_dim))
+      variables['generator'] = generator.init(k_gen, h, z, train=False)
+      variables['latent'] = latent_net.init(k_lat, z, h, train=False)
+      params = {k: v['params'] for k, v in variables.items()}
+      stats = {k: {c: s for c, s in v.items() if c != 'params'} for k, v in variables.items()}
+      opt_state = {'hg': tx_hg.init(_hg(params)), 'latent': tx_latent.init(params['latent'])}
+      z_table = None
+      if hp.latent_init == 'persistent':
+        z_table = sample_sphere(k_table, (num_examples, hp.z_dim))
+      return params, stats, opt_state, z_table
+
+    # One XLA program: run eagerly, the inits compile each small op on its own (the bench
+    # config: 193 compiles, 16 s, against about 2 s under jit).
+    params, stats, opt_state, z_table = jax.jit(init)(key, x)
     return cls(step=jnp.zeros((), jnp.int32), params=params, stats=stats,
                opt_state=opt_state, z_table=z_table, encoder=encoder, generator=generator,
                latent_net=latent_net, tx_hg=tx_hg, tx_latent=tx_latent, loss_fn=loss_fn, hp=hp)

@@ -30,15 +30,19 @@ class RegressionState(struct.PyTreeNode):
 
   @classmethod
   def create(cls, key, x, *, encoder, generator, tx, loss_fn: LossFn = l1_error):
-    k_enc, k_gen = jax.random.split(key)
-    v_enc = encoder.init(k_enc, x, train=False)
-    h = encoder.apply(v_enc, x, train=False)
-    v_gen = generator.init(k_gen, h, _no_z(x), train=False)
-    variables = {'encoder': v_enc, 'generator': v_gen}
-    params = {k: v['params'] for k, v in variables.items()}
-    stats = {k: {c: s for c, s in v.items() if c != 'params'} for k, v in variables.items()}
+    def init(key, x):
+      k_enc, k_gen = jax.random.split(key)
+      v_enc = encoder.init(k_enc, x, train=False)
+      h = encoder.apply(v_enc, x, train=False)
+      v_gen = generator.init(k_gen, h, _no_z(x), train=False)
+      variables = {'encoder': v_enc, 'generator': v_gen}
+      params = {k: v['params'] for k, v in variables.items()}
+      stats = {k: {c: s for c, s in v.items() if c != 'params'} for k, v in variables.items()}
+      return params, stats, tx.init(params)
+
+    params, stats, opt_state = jax.jit(init)(key, x)  # one program (see CGMLState.create)
     return cls(step=jnp.zeros((), jnp.int32), params=params, stats=stats,
-               opt_state=tx.init(params), encoder=encoder, generator=generator, tx=tx,
+               opt_state=opt_state, encoder=encoder, generator=generator, tx=tx,
                loss_fn=loss_fn)
 
 

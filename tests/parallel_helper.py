@@ -52,13 +52,11 @@ def main():
   # SGD, not Adam: Adam divides by sqrt(v), so on a near-zero gradient (e.g. an L1 bias
   # gradient, a mean of balanced signs) it turns float reassociation noise into a full step.
   tx = optax.sgd(0.1)
-  # Jitted: eager init compiles every op separately (about half of this process's CPU time
-  # went there); one compiled init gives the same state in every configuration.
-  state = jax.jit(lambda key, x: cgml.CGMLState.create(
-      key, x, encoder=MLPEncoder(width=16, depth=2, h_dim=8),
+  state = cgml.CGMLState.create(
+      jax.random.key(0), data['x'][:args.batch], encoder=MLPEncoder(width=16, depth=2, h_dim=8),
       generator=MLPGenerator(out_dim=3, width=16, depth=2, spectral_norm=True),
       latent_net=MLPLatentNet(width=16, depth=2), tx_hg=tx, tx_latent=tx, hp=hp,
-      num_examples=64))(jax.random.key(0), data['x'][:args.batch])
+      num_examples=64)
   batches = toy.BatchIterator(data, args.batch, seed=0, process_index=jax.process_index(),
                               process_count=jax.process_count())
   first = parallel.shard_batch(toy.BatchIterator(data, args.batch, 0, jax.process_index(),

@@ -171,10 +171,8 @@ def test_train_step_with_shared_h_terms_is_unchanged():
   kx, ky = jax.random.split(jax.random.key(8))
   b = {'x': jax.random.normal(kx, (4, 8, 8, 1)), 'y': jax.random.normal(ky, (4, 8, 8, 2))}
   tx = optax.sgd(0.1)
-  # Jitted: an eager init compiles every op separately (most of this test's time).
-  state = jax.jit(lambda k, x: cgml.CGMLState.create(
-      k, x, encoder=enc, generator=gen, latent_net=lat, tx_hg=tx, tx_latent=tx, hp=hp))(
-          jax.random.key(9), b['x'])
+  state = cgml.CGMLState.create(jax.random.key(9), b['x'], encoder=enc, generator=gen,
+                                latent_net=lat, tx_hg=tx, tx_latent=tx, hp=hp)
   out = []
   for g in (gen, unshared):  # same parameters: the attribute does not change them
     new, metrics = jax.jit(cgml.train_step)(state.replace(generator=g), b, jax.random.key(10))

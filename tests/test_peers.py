@@ -347,10 +347,8 @@ def _sample(sampler, state, x, k):
 
 def test_l1_regression_step_and_sample():
   batch = _batch()
-  # Jitted: eager init compiles every op separately, which is slow on a shared CPU.
-  st = jax.jit(lambda k: methods.RegressionState.create(
-      k, batch['x'], encoder=TinyEncoder(), generator=TinyGenerator(), tx=FAST))(
-          _key(0))
+  st = methods.RegressionState.create(_key(0), batch['x'], encoder=TinyEncoder(),
+                                      generator=TinyGenerator(), tx=FAST)
   st, first, last = _run(methods.l1_step, st, batch, 8, 'E')
   assert last < 0.9 * first
   s = _sample(methods.l1_sample, st, batch['x'], 3)

@@ -291,17 +291,16 @@ def create_state(method: str, task: ImageTask, config, x0, key):
   # deterministic function of the seed, which RBG keys are on a given backend.
   key = jax.random.key(int(jax.random.randint(key, (), 0, 2**31 - 1)), impl='unsafe_rbg')
   if method == 'l1':
-    state = jax.jit(lambda k, x: regression.RegressionState.create(
-        k, x, encoder=enc, generator=gen, tx=tx_hg, loss_fn=loss_fn))(key, x0)
+    state = regression.RegressionState.create(key, x0, encoder=enc, generator=gen, tx=tx_hg,
+                                              loss_fn=loss_fn)
     return state, regression.train_step, sched
   tx_lat, _ = _optimizer(config, config.train.lr_latent)
   hp = cgml.Hyper(z_dim=config.model.z_dim, step_size=config.latent.step_size,
                   alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
                   use_momentum=config.latent.use_momentum,
                   generator_update=config.train.generator_update)
-  state = jax.jit(lambda k, x: cgml.CGMLState.create(
-      k, x, encoder=enc, generator=gen, latent_net=lat, tx_hg=tx_hg, tx_latent=tx_lat,
-      hp=hp, loss_fn=loss_fn))(key, x0)
+  state = cgml.CGMLState.create(key, x0, encoder=enc, generator=gen, latent_net=lat,
+                                tx_hg=tx_hg, tx_latent=tx_lat, hp=hp, loss_fn=loss_fn)
   return state, cgml.train_step, sched
 
 

@@ -269,8 +269,8 @@ def create_state(method: str, config, x0: jax.Array, y0: jax.Array, key: jax.Arr
   # RBG keys compile initialisers much faster on CPU (see tasks/image.py).
   key = jax.random.key(int(jax.random.randint(key, (), 0, 2**31 - 1)), impl='unsafe_rbg')
   if method == 'l1':
-    state = jax.jit(lambda k, x: regression.RegressionState.create(
-        k, x, encoder=enc, generator=gen, tx=tx_hg, loss_fn=masked_l1))(key, x0)
+    state = regression.RegressionState.create(key, x0, encoder=enc, generator=gen, tx=tx_hg,
+                                              loss_fn=masked_l1)
     return state, regression.train_step, sched
   if method == 'context_encoder':
     disc = gan_lib.ContextEncoderDiscriminator(features=config.model.base_channels,
@@ -284,9 +284,8 @@ def create_state(method: str, config, x0: jax.Array, y0: jax.Array, key: jax.Arr
                   alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
                   use_momentum=config.latent.use_momentum,
                   generator_update=config.train.generator_update)
-  state = jax.jit(lambda k, x: cgml.CGMLState.create(
-      k, x, encoder=enc, generator=gen, latent_net=lat, tx_hg=tx_hg, tx_latent=tx_lat,
-      hp=hp, loss_fn=masked_l1))(key, x0)
+  state = cgml.CGMLState.create(key, x0, encoder=enc, generator=gen, latent_net=lat,
+                                tx_hg=tx_hg, tx_latent=tx_lat, hp=hp, loss_fn=masked_l1)
   return state, cgml.train_step, sched
 
 
