@@ -313,8 +313,8 @@ class CGMLState(struct.PyTreeNode):
         z_table = sample_sphere(k_table, (num_examples, hp.z_dim))
       return params, stats, opt_state, z_table
 
-    # One XLA program: run eagerly, the inits compile each small op on its own (the bench
-    # config: 193 compiles, 16 s, against about 2 s under jit).
+    # One XLA program: run eagerly, the inits compile each small op on its own (the bench's
+    # smoke config: 193 compiles, 16 s; one program: about 8 s, mostly threefry on CPU).
     params, stats, opt_state, z_table = jax.jit(init)(key, x)
     return cls(step=jnp.zeros((), jnp.int32), params=params, stats=stats,
                opt_state=opt_state, z_table=z_table, encoder=encoder, generator=generator,
