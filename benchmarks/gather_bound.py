@@ -86,10 +86,9 @@ def gathers(which: str):
     layers._stride2_patches = original
 
 
-def contractions(compiled) -> collections.Counter:
-  """Output shapes of every dot and convolution in a compiled program's HLO."""
-  return collections.Counter(m.group(2) + ' ' + m.group(1)
-                             for m in _DOT_OR_CONV.finditer(compiled.as_text()))
+def contractions(hlo: str) -> collections.Counter:
+  """Output shapes of every dot and convolution in a compiled program's HLO text."""
+  return collections.Counter(m.group(2) + ' ' + m.group(1) for m in _DOT_OR_CONV.finditer(hlo))
 
 
 def main(argv=None) -> dict:
@@ -107,12 +106,13 @@ def main(argv=None) -> dict:
     with gathers(name):  # a new function each time: jax caches traces by function
       step = lambda state, batch, key: cgml.train_step(state, batch, key)
       compiled[name] = jax.jit(step).lower(state, batch, key).compile()
-  reference = contractions(compiled['library'])
-  slices = {name: compiled[name].as_text().count(' slice(') for name in names}
+  hlo = {name: compiled[name].as_text() for name in names}
+  reference = contractions(hlo['library'])
   for name in names[1:]:
-    if contractions(compiled[name]) != reference:
-      other = contractions(compiled[name])
-      diff = {'only in library': dict(reference - other), f'only in {name}': dict(other - reference)}
+    other = contractions(hlo[name])
+    if other != reference:
+      diff = {'only in library': dict(reference - other),
+              f'only in {name}': dict(other - reference)}
       raise RuntimeError(f'{name} runs other dots or convolutions than the library step, so '
                          f'its time would not isolate the gathers: {diff}')
   holders = dict.fromkeys(names, state)
@@ -130,11 +130,12 @@ def main(argv=None) -> dict:
   matmul = bench.matmul_rate(c.matmul_size, 5)['best']
   plain = bench.plain_flops(c)[0]
   base = np.array(times['library'])
-  res = {'matmul_gflops_per_s': matmul, 'plain_flops': plain, 'dots_and_convs': sum(reference.values())}
+  res = {'matmul_gflops_per_s': matmul, 'plain_flops': plain,
+         'dots_and_convs': sum(reference.values())}
   for name in names:
     t = np.array(times[name])
     res[name] = {'median_s': float(np.median(t)), 'best_s': float(t.min()),
-                 'slices': slices[name],
+                 'slices': hlo[name].count(' slice('),
                  'ratio_to_library': float(np.median(t / base)),
                  'fraction_of_matmul': plain / t.min() / 1e9 / matmul}
   if a.json:
