@@ -376,7 +376,9 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
       E: mean error of the (H, G) step, at z' of the last inner iteration;
       E_z0: mean error at z_0, before any z step;
       latent_loss: Z's L1 loss, mean over inner iterations;
-      rho: mean target rho; rho_hat: mean predicted rho; dz: mean ||z' - z||.
+      rho: mean target rho; rho_hat: mean predicted rho; dz: mean ||z' - z||;
+      update_norm_hg, update_norm_latent: global norm of the last update of (H, G) and
+        of Z in this batch.
   """
   _check_batch(state, batch)
   hp = state.hp
@@ -428,7 +430,10 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
 
     (loss_z, (lat_stats, rho_hat)), grads_lat = jax.value_and_grad(z_loss, has_aux=True)(
         params['latent'])
-    updates, opt_lat = state.tx_latent.update(grads_lat, opt_state['latent'], params['latent'])
+    # Every inner update of a batch uses the rate of that batch (see cgml_jax.optim).
+    updates, opt_lat = state.tx_latent.update(grads_lat, opt_state['latent'], params['latent'],
+                                              batch_step=state.step)
+    norm_lat = optax.global_norm(updates)
     params = {**params, 'latent': optax.apply_updates(params['latent'], updates)}
     stats = {**stats, 'latent': lat_stats}
     opt_state = {**opt_state, 'latent': opt_lat}
@@ -449,15 +454,19 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
                                           h_terms_vjp(grads_terms))
       (grads_enc,) = enc_vjp((grads_h, jax.tree.map(jnp.zeros_like, enc_stats)))
       grads = {'encoder': grads_enc, 'generator': grads_gen}
-      updates, opt_hg = state.tx_hg.update(grads, opt_state['hg'], _hg(params))
+      updates, opt_hg = state.tx_hg.update(grads, opt_state['hg'], _hg(params),
+                                           batch_step=state.step)
+      norm_hg = optax.global_norm(updates)
       params = {**params, **optax.apply_updates(_hg(params), updates)}
       stats = {**stats, 'encoder': enc_stats, 'generator': gen_stats}
       opt_state = {**opt_state, 'hg': opt_hg}
     else:
       loss_e = jnp.mean(errors)
+      norm_hg = jnp.zeros((), jnp.float32)
     metrics = {'E': loss_e, 'E_z': jnp.mean(errors), 'latent_loss': loss_z,
                'rho': jnp.mean(rho), 'rho_hat': jnp.mean(rho_hat),
-               'dz': jnp.mean(jnp.linalg.norm(z_next - z, axis=-1))}
+               'dz': jnp.mean(jnp.linalg.norm(z_next - z, axis=-1)),
+               'update_norm_hg': norm_hg, 'update_norm_latent': norm_lat}
     return (params, stats, opt_state, z_next), metrics
 
   share_h_terms = getattr(state.generator, 'shares_h_terms', False)
@@ -483,7 +492,11 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
   params, stats, opt_state, z_final = carry
 
   metrics = {'E': m['E'][-1], 'E_z0': m['E_z'][0], 'latent_loss': m['latent_loss'].mean(),
-             'rho': m['rho'].mean(), 'rho_hat': m['rho_hat'].mean(), 'dz': m['dz'].mean()}
+             'rho': m['rho'].mean(), 'rho_hat': m['rho_hat'].mean(), 'dz': m['dz'].mean(),
+             # the global norms of each optimiser's newest update (guards against a
+             # schedule that has run out while training goes on)
+             'update_norm_hg': m['update_norm_hg'][-1],
+             'update_norm_latent': m['update_norm_latent'][-1]}
   z_table = state.z_table
   if hp.latent_init == 'persistent':
     z_table = z_table.at[batch['index']].set(z_final)

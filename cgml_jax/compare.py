@@ -161,7 +161,7 @@ def make_method(name: str, task: image.ImageTask, config, batch: dict, key, work
   x, y = jnp.asarray(batch['x']), jnp.asarray(batch['y'])
   info = {}
   if base in ('l1', 'cgml'):
-    state, step_fn, _ = image.create_state(base, task, config, x, key)
+    state, step_fn = image.create_state(base, task, config, x, key)
     if base == 'l1':
       return state, step_fn, peers.l1_sample, info
     t = config.latent.traverse_steps
@@ -546,7 +546,8 @@ def compare(config: ml_collections.ConfigDict, workdir: str) -> dict:
         'steps': f'{config.train.steps}+{p_steps}' if p_steps else int(config.train.steps),
         'steps_to_target': hit[0] if hit else '',
         'final_probe_E': values[-1] if values else float('nan'),
-        'curve': {'step': steps, 'probe_E': values}, **info}
+        'curve': {'step': steps, 'probe_E': values},
+        'final_update_norm': loop.last_update_norms(history), **info}
   writer.close()
   lpips, lpips_note = image._lpips(config)  # noqa: SLF001
   metrics, shown = evaluate(task, config, samplers, states, k_eval, lpips)

@@ -237,5 +237,13 @@ def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
   return state, history
 
 
+def last_update_norms(history: list[dict]) -> dict[str, float]:
+  """The `update_norm*` metrics of the newest record: the size of each optimiser's last
+  update, zero when a schedule has run out before the end of training."""
+  if not history:
+    return {}
+  return {k: v for k, v in history[-1].items() if k.startswith('update_norm')}
+
+
 def _checkpointable(it) -> bool:
   return hasattr(it, 'get_state') and hasattr(it, 'set_state')

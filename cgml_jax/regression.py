@@ -62,10 +62,11 @@ def train_step(state: RegressionState, batch: dict, key: jax.Array):
     return state.loss_fn(y_hat, batch).mean(), {'encoder': enc_stats, 'generator': gen_stats}
 
   (e, stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
+                                       batch_step=state.step)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             stats=stats, opt_state=opt_state)
-  return new_state, {'E': e}
+  return new_state, {'E': e, 'update_norm': optax.global_norm(updates)}
 
 
 def predict(state: RegressionState, x: jax.Array) -> jax.Array:

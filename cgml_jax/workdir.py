@@ -7,7 +7,7 @@ import time
 
 import ml_collections
 
-from cgml_jax import checkpoint, loop, parallel, writers
+from cgml_jax import checkpoint, loop, optim, parallel, writers
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str):
@@ -31,8 +31,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
 
 
 def fit_method(state, step_fn, batches, config: ml_collections.ConfigDict, workdir: str | None,
-               method: str, name: str, key, *, schedule, writer=None, mesh=None):
+               method: str, name: str, key, *, writer=None, mesh=None):
   """`loop.fit` for `config.train.steps` with checkpoints in `workdir/checkpoints/<method>`.
+
+  Besides the step's own metrics it logs the learning rates that the optimisers applied
+  (read from their states, `optim.learning_rates`).
 
   Returns:
     (state gathered to the host, metric history, wall seconds).
@@ -46,7 +49,7 @@ def fit_method(state, step_fn, batches, config: ml_collections.ConfigDict, workd
   try:
     state, history = loop.fit(state, step_fn, batches, num_steps=config.train.steps, key=key,
                               log_every=config.train.log_every, name=name,
-                              extra_metrics=lambda s: {'lr': schedule(s.step)},
+                              extra_metrics=lambda s: optim.learning_rates(s.opt_state),
                               checkpointer=ckpt, writer=writer, mesh=mesh)
   finally:
     if ckpt is not None:

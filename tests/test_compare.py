@@ -59,6 +59,8 @@ def test_smoke_comparison_end_to_end(name, tmp_path):
     t = results['train'][m]
     assert t['curve']['step'] == [2, 4] and len(t['curve']['probe_E']) == 2
     assert os.path.isdir(os.path.join(workdir, 'checkpoints', m.replace('+', '_')))
+    # every optimiser of every method still moves at the last step
+    assert t['final_update_norm'] and min(t['final_update_norm'].values()) > 0, m
   ev = results['eval']['test']
   assert ev['l1']['pixel_diversity'] == 0.0
   stochastic = [m for m in methods if m != 'l1']

@@ -120,6 +120,8 @@ def test_smoke_config_end_to_end(name, tmp_path):
       assert np.isfinite([m['psnr_best'], m['E_best'], m['pixel_diversity']]).all()
     assert per_method['l1']['pixel_diversity'] == 0.0
   assert '| cgml |' in open(tmp_path / 'metrics.md').read()
+  for method, info in metrics['train'].items():   # every optimiser still moving at the end
+    assert info['final_update_norm'] and min(info['final_update_norm'].values()) > 0, method
   if name == 'mnist_corrupted':
     assert set(metrics['task_metrics']) == {'l1', 'cgml', 'cgml_T0'}
     assert 'clean_sample_rate' in metrics['task_metrics']['cgml']

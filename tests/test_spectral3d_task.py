@@ -130,3 +130,6 @@ def test_smoke_config_through_the_entry_point(tmp_path):
   assert os.path.exists(tmp_path / 'metrics.md')
   assert any(f.startswith('maps_') and f.endswith('.npz') for f in os.listdir(tmp_path))
   assert out['recovery'] == saved['recovery']
+  for method in ('l1', 'cgml'):   # every optimiser still moving at the last step
+    norms = saved['timing'][method]['final_update_norm']
+    assert norms and min(norms.values()) > 0, method

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cgml_jax import regression
+from cgml_jax import optim, regression
 from cgml_jax.cgml import LossFn, _apply, _hg, _repeat, l1_error
 from cgml_jax.peers import diversity as div_lib
 from cgml_jax.peers import gan as gan_lib
@@ -89,7 +89,7 @@ def l2_error(y_hat: jax.Array, batch: dict) -> jax.Array:
 def adam_gan_optimizer(lr: float = 2e-4, b1: float = 0.5,
                        b2: float = 0.999) -> optax.GradientTransformation:
   """Adam(2e-4, beta1 = 0.5): pix2pix Sec. 3.3 / DCGAN, also used here for CE and BasisGAN."""
-  return optax.adam(lr, b1=b1, b2=b2)
+  return optim.make_optimizer(lr, b1=b1, b2=b2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -149,16 +149,21 @@ def _generate_k(encoder, generator, params, stats, x, key, num_samples, z_dim):
   return y.reshape((b, num_samples) + y.shape[1:])
 
 
-def _d_step(disc, tx_d, d_loss, params_d, stats_d, opt_d, x_real, y_real, x_fake, y_fake):
-  """One D step on real pairs and detached fakes; returns new (params, stats, opt, metrics)."""
+def _d_step(disc, tx_d, d_loss, params_d, stats_d, opt_d, x_real, y_real, x_fake, y_fake,
+            step):
+  """One D step on real pairs and detached fakes; returns new (params, stats, opt, metrics).
+
+  `step` is the batch index, for the optimiser's schedule.
+  """
   def loss(p):
     real, s = _apply(disc, p, stats_d, x_real, y_real, train=True)
     fake, s = _apply(disc, p, s, x_fake, stop(y_fake), train=True)
     return d_loss(real, fake), (s, real, fake)
 
   (ld, (stats_d, real, fake)), grads = jax.value_and_grad(loss, has_aux=True)(params_d)
-  updates, opt_d = tx_d.update(grads, opt_d, params_d)
-  metrics = {'d_loss': ld, 'd_real': jnp.mean(real), 'd_fake': jnp.mean(fake)}
+  updates, opt_d = tx_d.update(grads, opt_d, params_d, batch_step=step)
+  metrics = {'d_loss': ld, 'd_real': jnp.mean(real), 'd_fake': jnp.mean(fake),
+             'update_norm_d': optax.global_norm(updates)}
   return optax.apply_updates(params_d, updates), stats_d, opt_d, metrics
 
 
@@ -311,7 +316,7 @@ def gan_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, di
 
   params_d, stats_d, opt_d, d_metrics = _d_step(
       state.disc, state.tx_d, d_loss_fn, state.params['disc'], stats['disc'],
-      state.opt_state['d'], x, batch['y'], x_g, fake)
+      state.opt_state['d'], x, batch['y'], x_g, fake, state.step)
 
   def g_objective(fake):
     logits, s = _apply(state.disc, params_d, stats_d, x_g, fake, train=True)
@@ -330,7 +335,9 @@ def gan_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, di
   (g_total, (stats_d, adv, recon, div)), d_fake = jax.value_and_grad(
       g_objective, has_aux=True)(fake)
   (grads_hg,) = gen_vjp(d_fake)
-  updates, opt_g = state.tx_g.update(grads_hg, state.opt_state['g'], _hg(state.params))
+  updates, opt_g = state.tx_g.update(grads_hg, state.opt_state['g'], _hg(state.params),
+                                     batch_step=state.step)
+  d_metrics['update_norm_g'] = optax.global_norm(updates)
   params = {**optax.apply_updates(_hg(state.params), updates), 'disc': params_d}
   new_state = state.replace(step=state.step + 1, params=params,
                             stats={**hg_stats, 'disc': stats_d},
@@ -389,9 +396,11 @@ def predictor_step(state: PredictorState, batch: dict,
     return jnp.mean(mr_lib.predictor_nll(state.dist, centre, log_disp, batch['y'])), stats
 
   (nll, stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
+                                       batch_step=state.step)
   return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       stats=stats, opt_state=opt_state), {'nll': nll}
+                       stats=stats, opt_state=opt_state), {
+                           'nll': nll, 'update_norm': optax.global_norm(updates)}
 
 
 def predict_moments(state: PredictorState, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -534,7 +543,7 @@ def mrgan_step(state: MRGANState, batch: dict, key: jax.Array) -> tuple[MRGANSta
 
   params_d, stats_d, opt_d, d_metrics = _d_step(
       state.disc, state.tx_d, d_loss_fn, state.params['disc'], stats['disc'],
-      state.opt_state['d'], x, y, x, fake.reshape(samples_shape)[:, 0])
+      state.opt_state['d'], x, y, x, fake.reshape(samples_shape)[:, 0], state.step)
 
   def g_objective(fake):
     logits, s = _apply(state.disc, params_d, stats_d, _repeat(x, k), fake, train=True)
@@ -553,7 +562,9 @@ def mrgan_step(state: MRGANState, batch: dict, key: jax.Array) -> tuple[MRGANSta
   (g_total, (stats_d, adv, mr, div)), d_fake = jax.value_and_grad(
       g_objective, has_aux=True)(fake)
   (grads_hg,) = gen_vjp(d_fake)
-  updates, opt_g = state.tx_g.update(grads_hg, state.opt_state['g'], _hg(state.params))
+  updates, opt_g = state.tx_g.update(grads_hg, state.opt_state['g'], _hg(state.params),
+                                     batch_step=state.step)
+  d_metrics['update_norm_g'] = optax.global_norm(updates)
   params = {**optax.apply_updates(_hg(state.params), updates), 'disc': params_d}
   new_state = state.replace(step=state.step + 1, params=params,
                             stats={**hg_stats, 'disc': stats_d},

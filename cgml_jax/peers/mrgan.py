@@ -54,6 +54,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cgml_jax import optim
+
 DISTRIBUTIONS = ('gaussian', 'laplace')
 LOSSES = ('mlmm1', 'mlmm12', 'mcmle1', 'mcmle12')
 PREDICTOR_LOSSES = LOSSES[:2]   # the ones that read the predictor
@@ -288,10 +290,5 @@ def optimizer(lr: float = 1e-4, b1: float = 0.5, b2: float = 0.999,
   Order as in PyTorch: gradients clipped elementwise to [-clip, clip] (clip_grad_value_),
   then weight_decay * param added to them (Adam's L2 `weight_decay`), then AMSGrad.
   """
-  parts = []
-  if clip_value:
-    parts.append(optax.clip(clip_value))
-  if weight_decay:
-    parts.append(optax.add_decayed_weights(weight_decay))
-  parts.append(optax.amsgrad(lr, b1=b1, b2=b2))
-  return optax.chain(*parts)
+  return optim.make_optimizer(lr, b1=b1, b2=b2, weight_decay=weight_decay, amsgrad=True,
+                              clip_value=clip_value)

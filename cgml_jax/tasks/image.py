@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, optim, parallel, regression, viz
+from cgml_jax import cgml, loop, optim, parallel, regression, viz
 from cgml_jax import workdir as workdir_lib
 from cgml_jax import data as data_lib
 from cgml_jax.metrics import image as image_metrics
@@ -272,19 +272,14 @@ def build_models(task: ImageTask, config):
                            out_activation=m.out_activation, impl=m.impl)
 
 
-def _optimizer(config, lr):
-  t = config.train
-  return optim.make_optimizer(lr, schedule=t.schedule, total_steps=t.steps,
-                              warmup_steps=t.warmup_steps, grad_clip=t.grad_clip)
-
 
 def create_state(method: str, task: ImageTask, config, x0, key):
-  """(initial train state, step_fn, lr schedule) of `method` on inputs shaped like x0."""
+  """(initial train state, step_fn) of `method` on inputs shaped like x0."""
   if method not in METHODS:
     raise ValueError(f'unknown method {method!r}; expected one of {METHODS}')
   enc, gen, lat = build_models(task, config)
   loss_fn = task.loss_fn(config)
-  tx_hg, sched = _optimizer(config, config.train.lr)
+  tx_hg = optim.from_config(config.train, config.train.lr)
   x0 = jnp.asarray(x0)
   # Initialisation is jitted, with an RBG key: XLA compiles threefry-based initialisers of
   # many kernel shapes slowly on CPU (about 4x longer here); parameters only need to be a
@@ -293,15 +288,15 @@ def create_state(method: str, task: ImageTask, config, x0, key):
   if method == 'l1':
     state = regression.RegressionState.create(key, x0, encoder=enc, generator=gen, tx=tx_hg,
                                               loss_fn=loss_fn)
-    return state, regression.train_step, sched
-  tx_lat, _ = _optimizer(config, config.train.lr_latent)
+    return state, regression.train_step
+  tx_lat = optim.from_config(config.train, config.train.lr_latent)
   hp = cgml.Hyper(z_dim=config.model.z_dim, step_size=config.latent.step_size,
                   alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
                   use_momentum=config.latent.use_momentum,
                   generator_update=config.train.generator_update)
   state = cgml.CGMLState.create(key, x0, encoder=enc, generator=gen, latent_net=lat,
                                 tx_hg=tx_hg, tx_latent=tx_lat, hp=hp, loss_fn=loss_fn)
-  return state, cgml.train_step, sched
+  return state, cgml.train_step
 
 
 def train_iterator(task: ImageTask, config):
@@ -342,9 +337,9 @@ def train_method(method: str, task: ImageTask, config, key, workdir: str | None 
   k_init, k_train = jax.random.split(key)
   batches = _Numeric(train_iterator(task, config))
   first = next(train_iterator(task, config))
-  state, step_fn, sched = create_state(method, task, config, first['x'], k_init)
+  state, step_fn = create_state(method, task, config, first['x'], k_init)
   return workdir_lib.fit_method(state, step_fn, batches, config, workdir, method,
-                                f'{task.name}/{method}', k_train, schedule=sched, writer=writer)
+                                f'{task.name}/{method}', k_train, writer=writer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -581,7 +576,8 @@ def run(task: ImageTask, config: ml_collections.ConfigDict, workdir: str) -> dic
                                            jax.random.fold_in(k_models, i), workdir, writer)
     states[method] = state
     train_info[method] = {'seconds': round(seconds, 2),
-                          'final_E': history[-1]['E'] if history else float('nan')}
+                          'final_E': history[-1]['E'] if history else float('nan'),
+                          'final_update_norm': loop.last_update_norms(history)}
   writer.close()
   t_eval = time.perf_counter()
   lpips, lpips_note = _lpips(config)

@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, optim, parallel, regression
+from cgml_jax import cgml, loop, optim, parallel, regression
 from cgml_jax import workdir as workdir_lib
 from cgml_jax import spectral3d as s3d
 from cgml_jax.losses import masked_l1
@@ -254,39 +254,34 @@ def _models(config, z_dim: int):
                            out_activation='none', impl=m.impl)
 
 
-def _optimizer(config, lr):
-  t = config.train
-  return optim.make_optimizer(lr, schedule=t.schedule, total_steps=t.steps,
-                              warmup_steps=t.warmup_steps, grad_clip=t.grad_clip)
-
 
 def create_state(method: str, config, x0: jax.Array, y0: jax.Array, key: jax.Array):
-  """(initial state, un-corrupting step fn, lr schedule) of one of METHODS."""
+  """(initial state, un-corrupting step fn) of one of METHODS."""
   if method not in METHODS:
     raise ValueError(f'unknown spectral3d method {method!r}; expected one of {METHODS}')
   enc, gen, lat = _models(config, config.model.z_dim)
-  tx_hg, sched = _optimizer(config, config.train.lr)
+  tx_hg = optim.from_config(config.train, config.train.lr)
   # RBG keys compile initialisers much faster on CPU (see tasks/image.py).
   key = jax.random.key(int(jax.random.randint(key, (), 0, 2**31 - 1)), impl='unsafe_rbg')
   if method == 'l1':
     state = regression.RegressionState.create(key, x0, encoder=enc, generator=gen, tx=tx_hg,
                                               loss_fn=masked_l1)
-    return state, regression.train_step, sched
+    return state, regression.train_step
   if method == 'context_encoder':
     disc = gan_lib.ContextEncoderDiscriminator(features=config.model.base_channels,
                                                max_features=config.model.max_channels)
-    tx_d, _ = _optimizer(config, config.train.lr_disc)
+    tx_d = optim.from_config(config.train, config.train.lr_disc)
     state = jax.jit(lambda k, x, y: peers.context_encoder_state(
         k, x, y, encoder=enc, generator=gen, disc=disc, tx_g=tx_hg, tx_d=tx_d))(key, x0, y0)
-    return state, peers.gan_step, sched
-  tx_lat, _ = _optimizer(config, config.train.lr_latent)
+    return state, peers.gan_step
+  tx_lat = optim.from_config(config.train, config.train.lr_latent)
   hp = cgml.Hyper(z_dim=config.model.z_dim, step_size=config.latent.step_size,
                   alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
                   use_momentum=config.latent.use_momentum,
                   generator_update=config.train.generator_update)
   state = cgml.CGMLState.create(key, x0, encoder=enc, generator=gen, latent_net=lat,
                                 tx_hg=tx_hg, tx_latent=tx_lat, hp=hp, loss_fn=masked_l1)
-  return state, cgml.train_step, sched
+  return state, cgml.train_step
 
 
 def train_method(method: str, config, y_train: np.ndarray, key: jax.Array,
@@ -297,12 +292,12 @@ def train_method(method: str, config, y_train: np.ndarray, key: jax.Array,
   bs = config.data.batch_size
   y0 = jnp.asarray(y_train[:bs])
   x0 = jnp.asarray(clean_input(y_train[:bs], l_max))
-  state, base_step, sched = create_state(method, config, x0, y0, k_init)
+  state, base_step = create_state(method, config, x0, y0, k_init)
   data = {'x': y_train, 'y': y_train, 'index': np.arange(len(y_train))}
   batches = BatchIterator(data, bs, config.seed, jax.process_index(), jax.process_count())
   return workdir_lib.fit_method(state, corrupting_step(base_step, l_max, config), batches,
                                 config, workdir, method, f'spectral3d/{method}', k_train,
-                                schedule=sched, writer=writer)
+                                writer=writer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -506,7 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                            jax.random.fold_in(k_models, i), workdir, writer)
     timing[method] = {'train_seconds': round(seconds, 1),
                       'final_loss': history[-1].get('E', history[-1].get('g_loss'))
-                      if history else None}
+                      if history else None,
+                      'final_update_norm': loop.last_update_norms(history)}
     t0 = time.perf_counter()
     out = predict(method, state, x_test, k_eval, config)         # (N, K, S, S, C)
     outputs[method] = out

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, optim, parallel, regression
+from cgml_jax import cgml, loop, optim, parallel, regression
 from cgml_jax import workdir as workdir_lib
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
 
@@ -139,11 +139,6 @@ def _models(config, z_dim: int):
   return enc, gen, lat
 
 
-def _optimizer(config, lr):
-  t = config.train
-  return optim.make_optimizer(lr, schedule=t.schedule, total_steps=t.steps,
-                              warmup_steps=t.warmup_steps, grad_clip=t.grad_clip)
-
 
 def train_method(method: str, config, data: dict, key: jax.Array, workdir: str | None = None,
                  writer=None):
@@ -157,12 +152,12 @@ def train_method(method: str, config, data: dict, key: jax.Array, workdir: str |
   k_init, k_train = jax.random.split(key)
   enc, gen, lat = _models(config, config.model.z_dim)
   x0 = jnp.asarray(data['x'][:config.data.batch_size])
-  tx_hg, sched = _optimizer(config, config.train.lr)
+  tx_hg = optim.from_config(config.train, config.train.lr)
   if method == 'l1':
     state = regression.RegressionState.create(k_init, x0, encoder=enc, generator=gen, tx=tx_hg)
     step_fn = regression.train_step
   else:
-    tx_lat, _ = _optimizer(config, config.train.lr_latent)
+    tx_lat = optim.from_config(config.train, config.train.lr_latent)
     hp = cgml.Hyper(z_dim=config.model.z_dim, step_size=config.latent.step_size,
                     alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
                     use_momentum=(method == 'cgml') and config.latent.use_momentum,
@@ -179,7 +174,7 @@ def train_method(method: str, config, data: dict, key: jax.Array, workdir: str |
   batches = BatchIterator(data, config.data.batch_size, config.seed,
                           jax.process_index(), jax.process_count())
   return workdir_lib.fit_method(state, step_fn, batches, config, workdir, method,
-                                f'toy/{method}', k_train, schedule=sched, writer=writer,
+                                f'toy/{method}', k_train, writer=writer,
                                 mesh=mesh)
 
 
@@ -303,7 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.write_images(config.train.steps, {f'toy/{method}/samples':
                                                samples_image(test['x'], s, modes)})
     results[method] = {**evaluate_samples(test['x'], s, modes, tau),
-                       'train_seconds': round(seconds, 2), 'final_E': history[-1]['E']}
+                       'train_seconds': round(seconds, 2), 'final_E': history[-1]['E'],
+                       'final_update_norm': loop.last_update_norms(history)}
     if method == 'cgml':
       rho = rho_map(state, test['x'], k_eval, config.eval.num_samples,
                     config.latent.traverse_steps)
