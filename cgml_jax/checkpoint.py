@@ -309,7 +309,8 @@ def config_diff(old: dict, new: dict, ignore=RESUMABLE_FIELDS) -> dict[str, tupl
           if a.get(k, '<absent>') != b.get(k, '<absent>') and not _ignored(k, ignore)}
 
 
-def _to_json(config) -> dict:
+def config_to_json(config) -> dict:
+  """The config as plain JSON values (tuples become lists)."""
   # Tuples become lists, so that comparing with a saved config is JSON to JSON.
   return json.loads(config.to_json() if hasattr(config, 'to_json') else json.dumps(config))
 
@@ -326,7 +327,7 @@ def check_workdir_config(workdir: str, config, *, allow_mismatch: bool = False,
     The differences {field: (saved, new)} (empty if none or a fresh workdir).
   """
   path = os.path.join(workdir, 'config.json')
-  new = _to_json(config)
+  new = config_to_json(config)
   diff = {}
   if os.path.exists(path):
     with open(path) as f:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
 
+import jax
 import ml_collections
+
+from cgml_jax import checkpoint
 
 # task name -> module with `train_and_evaluate(config, workdir) -> dict`.
 TASKS = {
@@ -17,8 +23,27 @@ TASKS = {
 }
 
 
+def code_version() -> dict:
+  """The git commit of this checkout and whether it had uncommitted changes, or the
+  package version where the code is not a git checkout."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True,
+                            text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                           cwd=root, capture_output=True, text=True, timeout=10,
+                           check=True).stdout.strip()
+    return {'commit': commit, 'dirty': bool(dirty)}
+  except (OSError, subprocess.SubprocessError):
+    from cgml_jax import __version__  # pylint: disable=g-import-not-at-top
+    return {'version': __version__}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains and evaluates the experiment described by `config`, writing into `workdir`.
+
+  `workdir/metrics.json` also records the code version and the config that produced it
+  (under 'provenance'), so that result files can be traced back to their run.
 
   Returns:
     The metrics written to `workdir/metrics.json`.
@@ -26,4 +51,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   task = config.get('task')
   if task not in TASKS:
     raise ValueError(f'unknown config.task {task!r}; expected one of {sorted(TASKS)}')
-  return importlib.import_module(TASKS[task]).train_and_evaluate(config, workdir)
+  out = importlib.import_module(TASKS[task]).train_and_evaluate(config, workdir)
+  path = os.path.join(workdir, 'metrics.json')
+  if jax.process_index() == 0 and os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    saved['provenance'] = {**code_version(), 'config': checkpoint.config_to_json(config)}
+    with open(path + '.tmp', 'w') as f:
+      json.dump(saved, f, indent=1)
+    os.replace(path + '.tmp', path)
+  return out
