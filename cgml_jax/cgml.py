@@ -430,7 +430,7 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
 
     (loss_z, (lat_stats, rho_hat)), grads_lat = jax.value_and_grad(z_loss, has_aux=True)(
         params['latent'])
-    # Every inner update of a batch uses the rate of that batch (see cgml_jax.optim).
+    # Every inner update of a batch uses the rate of that batch (see cgml_jax.training.optim).
     updates, opt_lat = state.tx_latent.update(grads_lat, opt_state['latent'], params['latent'],
                                               batch_step=state.step)
     norm_lat = optax.global_norm(updates)

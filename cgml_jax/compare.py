@@ -33,7 +33,7 @@ method's frozen H, and an untrained H of the same architecture (the floor), map 
 images (`probe_rows`: the first `probe.train_per_class` / `probe.test_per_class` rows of
 each class of `probe.train_split` / `probe.test_split`, e.g. CIFAR-10 train10k rows 0:800
 / 900:1000 of each class) to flattened bottleneck features, after `probe_preprocess` maps
-them onto the task's input format; a multinomial logistic regression (`cgml_jax.probe`,
+them onto the task's input format; a multinomial logistic regression (`cgml_jax.metrics.probe`,
 L2 picked on a held-out part of probe-train) is scored on probe-test.
 
 Outputs in `workdir`:
@@ -63,9 +63,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, checkpoint, loop, parallel, viz
-from cgml_jax import probe as probe_lib
-from cgml_jax import workdir as workdir_lib
+from cgml_jax import cgml
+from cgml_jax.tasks import viz
+from cgml_jax.training import checkpoint, loop, parallel
+from cgml_jax.metrics import probe as probe_lib
+from cgml_jax.training import workdir as workdir_lib
 from cgml_jax.peers import basisgan as basis_lib
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import methods as peers
@@ -333,7 +335,7 @@ def probe_rows(config, dataset: str, split: str, per_class: int):
 def representation_probe(task, config, states: dict, key) -> dict:
   """Linear-probe accuracy of every method's frozen H and of an untrained H.
 
-  For each dataset of `config.probe.datasets`: bottleneck features (`cgml_jax.probe`) of
+  For each dataset of `config.probe.datasets`: bottleneck features (`cgml_jax.metrics.probe`) of
   the probe-train and probe-test rows (`probe_rows`, mapped to the task's inputs by
   `probe_preprocess`), then `probe.linear_probe` (l2 chosen on a held-out part of
   probe-train).

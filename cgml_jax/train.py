@@ -10,7 +10,7 @@ import subprocess
 import jax
 import ml_collections
 
-from cgml_jax import checkpoint
+from cgml_jax.training import checkpoint
 
 # task name -> module with `train_and_evaluate(config, workdir) -> dict`.
 TASKS = {

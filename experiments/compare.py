@@ -17,7 +17,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cgml_jax import compare, loop
+from cgml_jax import compare
+from cgml_jax.training import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a comparison config (get_config).',

@@ -18,7 +18,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cgml_jax import loop, train
+from cgml_jax import train
+from cgml_jax.training import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config).',

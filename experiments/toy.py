@@ -65,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3         # newest checkpoints kept per method
   c.checkpoint.async_save = False  # write in the background (the device->host copy still blocks)
   # The workdir's config.json must match this config, except for the fields in
-  # cgml_jax.checkpoint.RESUMABLE_FIELDS (logging, checkpoint cadence, plots). True
+  # cgml_jax.training.checkpoint.RESUMABLE_FIELDS (logging, checkpoint cadence, plots). True
   # continues anyway (e.g. to extend train.steps, which also stretches the lr schedule).
   c.checkpoint.allow_config_mismatch = False
 

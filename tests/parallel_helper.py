@@ -29,11 +29,12 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from cgml_jax import parallel  # noqa: E402
+from cgml_jax.training import parallel  # noqa: E402
 
 parallel.initialize_distributed()
 
-from cgml_jax import cgml, loop  # noqa: E402
+from cgml_jax import cgml  # noqa: E402
+from cgml_jax.training import loop  # noqa: E402
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet  # noqa: E402
 from cgml_jax.tasks import toy  # noqa: E402
 

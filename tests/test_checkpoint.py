@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax import struct
 
-from cgml_jax import checkpoint, loop
+from cgml_jax.training import checkpoint, loop
 
 TX = optax.adam(0.05)
 

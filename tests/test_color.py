@@ -1,4 +1,4 @@
-"""Tests of cgml_jax.color against scikit-image."""
+"""Tests of cgml_jax.data.color against scikit-image."""
 
 import warnings
 
@@ -9,7 +9,7 @@ import pytest
 import skimage.color
 import skimage.data
 
-from cgml_jax import color
+from cgml_jax.data import color
 from cgml_jax.data import transforms
 
 

@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from cgml_jax import train, viz
+from cgml_jax import train
+from cgml_jax.tasks import viz
 from cgml_jax.data import transforms
 from cgml_jax.tasks import colorize, complete, image, mnist_corrupted
 from experiments import mnist_corrupted as mnist_config

@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from cgml_jax import cgml, optim, regression
+from cgml_jax import cgml, regression
+from cgml_jax.training import optim
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
 
 PEAK = 1e-2

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from cgml_jax import parallel
+from cgml_jax.training import parallel
 from compile_env import fast_compile_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,11 +1,11 @@
-"""cgml_jax.probe: the linear probe on synthetic features, and bottleneck features of a
+"""cgml_jax.metrics.probe: the linear probe on synthetic features, and bottleneck features of a
 frozen conv encoder."""
 
 import jax
 import numpy as np
 import pytest
 
-from cgml_jax import probe
+from cgml_jax.metrics import probe
 from cgml_jax.models.conv import build_conv_models
 
 

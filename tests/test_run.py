@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgml_jax import loop
+from cgml_jax.training import loop
 from compile_env import fast_compile_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgml_jax import loop, writers
+from cgml_jax.training import loop, writers
 
 
 def test_jsonl_scalars_and_images(tmp_path):

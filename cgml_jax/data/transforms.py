@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cgml_jax.color import AB_SCALE, L_SCALE  # constants only; transforms stay numpy
+from cgml_jax.data.color import AB_SCALE, L_SCALE  # constants only; transforms stay numpy
 from cgml_jax.data import masks as masks_lib
 
 Example = dict[str, np.ndarray]
@@ -135,7 +135,7 @@ def irregular_masks(**kwargs):
 def colorization(key: str = 'image') -> Transform:
   """Colorization: uint8 RGB -> {'x': L (H, W, 1), 'y': ab (H, W, 2)}, both float32.
 
-  L / 50 - 1 and ab / 110, as `cgml_jax.color.rgb_to_l_ab` (same sRGB D65 conversion,
+  L / 50 - 1 and ab / 110, as `cgml_jax.data.color.rgb_to_l_ab` (same sRGB D65 conversion,
   here through skimage.color.rgb2lab in numpy).
   """
   def fn(example: Example, rng: np.random.Generator) -> Example:

@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cgml_jax import optim, regression
+from cgml_jax import regression
+from cgml_jax.training import optim
 from cgml_jax.cgml import LossFn, _apply, _hg, _repeat, l1_error
 from cgml_jax.peers import diversity as div_lib
 from cgml_jax.peers import gan as gan_lib

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cgml_jax import optim
+from cgml_jax.training import optim
 
 DISTRIBUTIONS = ('gaussian', 'laplace')
 LOSSES = ('mlmm1', 'mlmm12', 'mcmle1', 'mcmle12')

@@ -1,11 +1,11 @@
 r"""Colorization (paper Sec. 5.2): from the lightness L predict the chroma ab in CIE-LAB.
 
-  x = L / 50 - 1 (B, S, S, 1),  y = ab / 110 (B, S, S, 2)   (cgml_jax.color scaling)
+  x = L / 50 - 1 (B, S, S, 1),  y = ab / 110 (B, S, S, 2)   (cgml_jax.data.color scaling)
   E = |a - a_hat| + |b - b_hat| + lam (KL(hist(a_hat) || U) + KL(hist(b_hat) || U))
       (`cgml_jax.losses.colorization_loss`, lam = config.loss.hist_weight)
 
 Outputs are scored as RGB images (L of the input with the predicted ab, converted back
-with `cgml_jax.color.l_ab_to_rgb`), see `cgml_jax.tasks.image` for the metric protocol.
+with `cgml_jax.data.color.l_ab_to_rgb`), see `cgml_jax.tasks.image` for the metric protocol.
 Default data: the embedded scikit-image crops (no files needed); any RGB source works
 (`--config.data.name=cifar10`, 'celeba', 'tfds:stl10', 'folder:PATH').
 """
@@ -15,7 +15,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
-from cgml_jax import color, losses
+from cgml_jax import losses
+from cgml_jax.data import color
 from cgml_jax.data import transforms
 from cgml_jax.tasks import image
 

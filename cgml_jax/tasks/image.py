@@ -48,8 +48,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, loop, optim, parallel, regression, viz
-from cgml_jax import workdir as workdir_lib
+from cgml_jax import cgml, regression
+from cgml_jax.tasks import viz
+from cgml_jax.training import loop, optim, parallel
+from cgml_jax.training import workdir as workdir_lib
 from cgml_jax import data as data_lib
 from cgml_jax.metrics import image as image_metrics
 from cgml_jax.models.conv import build_conv_models

@@ -66,15 +66,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, loop, optim, parallel, regression
-from cgml_jax import workdir as workdir_lib
+from cgml_jax import cgml, regression
+from cgml_jax.training import loop, optim, parallel
+from cgml_jax.training import workdir as workdir_lib
 from cgml_jax import spectral3d as s3d
 from cgml_jax.losses import masked_l1
 from cgml_jax.models.conv import build_conv_models
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import methods as peers
-from cgml_jax import probe as probe_lib
-from cgml_jax.probe import chunked, encoder_features, linear_probe
+from cgml_jax.metrics import probe as probe_lib
+from cgml_jax.metrics.probe import chunked, encoder_features, linear_probe
 from cgml_jax.tasks.toy import BatchIterator
 
 METHODS = ('l1', 'cgml', 'context_encoder')

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, loop, optim, parallel, regression
-from cgml_jax import workdir as workdir_lib
+from cgml_jax import cgml, regression
+from cgml_jax.training import loop, optim, parallel
+from cgml_jax.training import workdir as workdir_lib
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
 
 METHODS = ('l1', 'cgml_no_rho', 'cgml')

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cgml_jax import parallel
+from cgml_jax.training import parallel
 
 
 class NonFiniteError(FloatingPointError):
@@ -124,7 +124,7 @@ def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
     step_fn: the pure train step.
     batches: iterator of process-local batches (pytrees with a leading batch axis). With
       `get_state`/`set_state` its position is checkpointed; otherwise it is
-      fast-forwarded on resume (see `cgml_jax.checkpoint`).
+      fast-forwarded on resume (see `cgml_jax.training.checkpoint`).
     num_steps: total number of steps of the run (not of this call).
     key: base PRNG key.
     log_every: console line every this many steps.
@@ -132,9 +132,9 @@ def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
     extra_metrics: state -> dict of extra scalars (e.g. the learning rate). It is traced
       inside the jitted step, so it must be jnp code (no `float(...)`).
     history_every: record metrics every this many steps (default: `log_every`).
-    checkpointer: a `cgml_jax.checkpoint.Checkpointer`: resume from its newest readable
+    checkpointer: a `cgml_jax.training.checkpoint.Checkpointer`: resume from its newest readable
       checkpoint, save every `checkpointer.every` steps and at the end.
-    writer: a `cgml_jax.writers` writer; the recorded metrics go to it as `name/metric`.
+    writer: a `cgml_jax.training.writers` writer; the recorded metrics go to it as `name/metric`.
     mesh: device mesh with a `data` axis (default: all devices, `parallel.make_mesh()`).
     handle_sigterm: on SIGTERM, finish the current step, checkpoint it and raise
       `Preempted`.

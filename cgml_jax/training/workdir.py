@@ -7,7 +7,7 @@ import time
 
 import ml_collections
 
-from cgml_jax import checkpoint, loop, optim, parallel, writers
+from cgml_jax.training import checkpoint, loop, optim, parallel, writers
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str):
