@@ -14,10 +14,12 @@ takes a few minutes on a CPU, evaluation included.
 
 import ml_collections
 
+from cgml_jax import configs
 from cgml_jax.tasks import image
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = configs.parse_arg(arg, smoke=False)
   c = image.base_config('colorize')
   c.data.name = 'embedded'     # scikit-image crops; 'cifar10', 'celeba', 'tfds:NAME', ...
   c.data.image_size = 32       # 32 or 64 for the embedded crops
@@ -45,9 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.eval.num_test = 64
   c.eval.num_samples = 10
-  if arg == 'smoke':
+  if a.smoke:
     image.smoke(c)
     c.data.flip = False
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; expected nothing or "smoke"')
   return c

@@ -1,22 +1,24 @@
 """cGML vs. its peers on facades label map -> photo (paper Sec. 5.3.1), equal budgets:
 
-  python -m experiments.compare --config=experiments/compare_facades.py --workdir=runs/cmp_fac
-  python -m experiments.compare --config=experiments/compare_facades.py:cpu --workdir=runs/cf
-  python -m experiments.compare --config=experiments/compare_facades.py:smoke --workdir=/tmp/cf
+  python -m experiments.run --config=experiments/compare_facades.py --workdir=runs/cmp_fac
+  python -m experiments.run --config=experiments/compare_facades.py:cpu --workdir=runs/cf
+  python -m experiments.run --config=experiments/compare_facades.py:smoke --workdir=/tmp/cf
 
 The task part is experiments/translate.py (same arguments: nothing, cpu, smoke); this adds
 the peers' fields, the methods and the representation probe (CIFAR-10 rows resized to the
-task's inputs). ':cpu' is the run reported in the README: half widths, 64px, 250 steps.
+task's inputs). ':cpu': half widths, 64px, 250 steps.
 """
 
 import ml_collections
 
-from cgml_jax import compare
+from cgml_jax import configs
+from cgml_jax.tasks import image
 from experiments import translate
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = compare.add_compare_fields(translate.get_config(arg))
+  a = configs.parse_arg(arg, cpu=False, smoke=False)
+  c = image.add_comparison_fields(translate.get_config(arg))
   c.methods = ('l1', 'cgml', 'context_encoder', 'pix2pix', 'basisgan', 'mrgan',
                'pix2pix+msgan')
   c.gan.disc_features = c.model.base_channels  # D as wide as H's first block
@@ -24,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.compare.target_error = 0.5  # L1 in [-1, 1] units, best of curve_samples
   c.compare.curve_every = 50
   c.probe.datasets = ('cifar10',)
-  if arg == 'cpu':
+  if a.cpu:
     # Sized for 2 shared CPU cores: 64px (a 128px step of the 7 methods took ~20 s here
     # under load, plus ~2 min of compilation per method), 250 steps.
     c.data.image_size = 64
@@ -32,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 50
     c.compare.curve_every = 25
     c.probe.train_per_class = 100  # 1000 probe-train (rows 0:100 of each class), 1000 test
-  if arg == 'smoke':
+  if a.smoke:
     c.methods = ('l1', 'pix2pix+msgan')  # cgml, mrgan: in compare_mnist.py's smoke
     c.gan.disc_features = 8
     c.probe.datasets = ()

@@ -1,23 +1,24 @@
 """cGML vs. its peers on corrupted-MNIST recovery (paper Sec. 5.1), equal step budgets:
 
-  python -m experiments.compare --config=experiments/compare_mnist.py:box --workdir=runs/cmp_box
-  python -m experiments.compare --config=experiments/compare_mnist.py --workdir=runs/cmp_mnist
-  python -m experiments.compare --config=experiments/compare_mnist.py:smoke --workdir=/tmp/cs
+  python -m experiments.run --config=experiments/compare_mnist.py:box --workdir=runs/cmp_box
+  python -m experiments.run --config=experiments/compare_mnist.py --workdir=runs/cmp_mnist
+  python -m experiments.run --config=experiments/compare_mnist.py:smoke --workdir=/tmp/cs
 
 The task part is experiments/mnist_corrupted.py (same arguments: overlap, box, smoke); this
-adds the peers' fields (cgml_jax.compare.add_compare_fields), the method list and the
-representation probe (CIFAR-10 rows as grey 28px inputs, and MNIST digits). ':box' is the
-run reported in the README.
+adds the peers' fields (cgml_jax.tasks.image.add_comparison_fields), the method list and the
+representation probe (CIFAR-10 rows as grey 28px inputs, and MNIST digits). 
 """
 
 import ml_collections
 
-from cgml_jax import compare
+from cgml_jax import configs
+from cgml_jax.tasks import image
 from experiments import mnist_corrupted
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = compare.add_compare_fields(mnist_corrupted.get_config(arg))
+  a = configs.parse_arg(arg, overlap=False, box=False, smoke=False)
+  c = image.add_comparison_fields(mnist_corrupted.get_config(arg))
   c.methods = ('l1', 'cgml', 'context_encoder', 'pix2pix', 'basisgan', 'mrgan',
                'pix2pix+msgan')
   c.gan.disc_features = c.model.base_channels  # D as wide as H's first block (16)
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.compare.target_error = 0.25  # hole L1 in [-1, 1] units, best of curve_samples
   c.compare.curve_every = 50
   c.probe.datasets = ('cifar10', 'mnist')  # mnist: train rows / official test, per class
-  if arg and 'smoke' in arg.split(','):
+  if a.smoke:
     c.methods = ('l1', 'cgml', 'mrgan')  # pix2pix: in compare_facades.py's smoke
     c.gan.disc_features = 8
     c.mrgan.loss = 'mlmm12'      # the predictor path
@@ -36,5 +37,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.compare.curve_samples = 2
     c.compare.curve_every = 2
   else:
-    c.train.steps = 500        # a CPU-sized budget (see the README for the wall time)
+    c.train.steps = 500        # a CPU-sized budget
   return c

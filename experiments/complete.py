@@ -12,10 +12,12 @@ train = faces 000001-003000, test = 003501-004000 (see cgml_jax/data/sources.py)
 
 import ml_collections
 
+from cgml_jax import configs
 from cgml_jax.tasks import image
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = configs.parse_arg(arg, cpu=False, smoke=False)
   c = image.base_config('complete')
   c.data.name = 'celeba'       # or 'facades' (with image_key='target'), 'cifar10', ...
   c.data.image_key = 'image'   # the example key holding the image ('target' for facades)
@@ -41,18 +43,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_test = 128
   c.eval.num_samples = 10
   c.eval.protocols = ('area10', 'area15', 'area25', 'center', 'irregular')
-  if arg == 'cpu':
+  if a.cpu:
     # A real but CPU-sized run (~10-15 min on 2 busy cores): half the widths, fewer steps.
     c.model.base_channels = 16
     c.model.max_channels = 64
     c.train.steps = 1000
     c.eval.num_test = 64
-  elif arg == 'smoke':
+  if a.smoke:
     image.smoke(c)
     c.data.flip = False
     c.data.train_split = 'train[:64]'
     c.eval.protocols = ('area25', 'irregular')
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; expected nothing, "cpu" or '
-                     '"smoke"')
   return c

@@ -11,18 +11,18 @@ $CGML_DATA_DIR (or ../shared/data); test = the official 10k test set (first eval
 
 import ml_collections
 
+from cgml_jax import configs
 from cgml_jax.tasks import image
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = set(arg.split(',')) if arg else set()
-  unknown = args - {'overlap', 'box', 'smoke'}
-  if unknown:
-    raise ValueError(f'unknown config arguments {sorted(unknown)}; use overlap, box, smoke')
+  a = configs.parse_arg(arg, overlap=False, box=False, smoke=False)
+  if a.overlap and a.box:
+    raise ValueError("config arguments 'overlap' and 'box' exclude each other")
   c = image.base_config('mnist_corrupted')
   c.data.name = 'mnist'
   c.data.image_size = 28
-  c.data.corruption = 'box' if 'box' in args else 'overlap'
+  c.data.corruption = 'box' if a.box else 'overlap'
   c.data.overlap_rate = 0.2    # fraction of targets overlapped (fresh every epoch)
   c.data.overlap_region = 'top_half'  # 'top_half': visible around the hole too; 'hole'
   c.data.box_rate = 0.3        # p: fraction of targets with a white box in the hole
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.clean_tau = 0.1       # overlap: a sample is on the clean mode if its hole error < tau
   c.eval.box_threshold = 0.5   # box: a sample has the box if its mean on the box pixels
                                # the clean digit leaves dark exceeds this ([0, 1] units)
-  if 'smoke' in args:
+  if a.smoke:
     image.smoke(c, image_size=28)
     c.data.train_split = 'train[:256]'
     c.data.mask_min = 8

@@ -8,12 +8,13 @@ See cgml_jax/tasks/spectral3d.py for the corruption, the metrics and the probe p
 
 import ml_collections
 
+from cgml_jax import configs
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.task = 'spectral3d'
-  c.seed = 0
-  c.methods = ('l1', 'cgml')   # trained with the same budget; 'context_encoder' also available
+  a = configs.parse_arg(arg, smoke=False)
+  # methods: trained with the same budget; 'context_encoder' is also available
+  c = configs.base('spectral3d', methods=('l1', 'cgml'))
 
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = ''         # holds modelnet/modelnet10_*.npz ('' = $CGML_DATA_DIR or default)
@@ -30,7 +31,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.corrupt.max_frac = 0.5     # max side of a rectangle, fraction of the rows / columns
   c.corrupt.noise_std = 1.0    # noise std in normalised units
 
-  c.model = ml_collections.ConfigDict()
   c.model.base_channels = 32   # encoder width of the first block, doubling per block
   c.model.max_channels = 128
   c.model.bottleneck_size = 2  # H: 32 -> 2 x 2 x 128 bottleneck (512 features for the probe)
@@ -39,33 +39,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.latent_hidden = (128, 128)
   c.model.impl = 'auto'
 
-  c.latent = ml_collections.ConfigDict()
   c.latent.step_size = 1000.0  # beta; E is a mean over ~3000 entries, so grad_z is O(1e-4)
-  c.latent.alpha = 1.0         # rho = alpha * ||z' - z||
-  c.latent.use_momentum = True
   c.latent.traverse_steps = 10  # T of Eq. 4 at inference
 
-  c.train = ml_collections.ConfigDict()
-  c.train.steps = 2000         # per method (measured: ~0.5 s/step L1, ~0.35 s/step cGML here)
+  c.train.steps = 2000         # per method
   c.train.inner_steps = 2      # l of Algorithm 1
-  c.train.generator_update = 'every'
   c.train.region_weight = 4.0  # E weight 1 + region_weight inside the corrupted entries
-  c.train.lr = 1e-3            # Adam, (H, G) (and the baselines)
-  c.train.lr_latent = 1e-3     # Adam, Z
-  c.train.lr_disc = 2e-4       # Adam, the Context Encoder's D
-  c.train.schedule = 'cosine'
-  c.train.warmup_steps = 0
-  c.train.grad_clip = 1.0
-  c.train.log_every = 100
+  c.checkpoint.every = 500
 
-  c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every = 500     # Orbax checkpoint every N steps (and at the end)
-  c.checkpoint.keep = 1
-  c.checkpoint.async_save = False
-  c.checkpoint.allow_config_mismatch = False
-
-  c.logging = ml_collections.ConfigDict()
-  c.logging.tensorboard = False  # metrics.jsonl is always written to workdir/logs
+  configs.add_peer_fields(c)   # the Context Encoder's D and optimiser (gan.*)
+  c.gan.disc_features = c.model.get_ref('base_channels')
+  c.gan.disc_max_features = c.model.get_ref('max_channels')
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 5       # K cGML samples per test map
@@ -81,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.probe.val_frac = 0.2       # held-out fraction of train for choosing l2
   c.probe.steps = 100          # L-BFGS iterations
 
-  if arg == 'smoke':
+  if a.smoke:
     c.data.num_train = 64
     c.data.num_test = 32
     c.data.l_max = 6           # 7 x 13 maps, 13 x 13 padded (16 in H)
@@ -104,6 +88,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.render_bandwidth = 8
     c.probe.l2_grid = (1e-2,)
     c.probe.steps = 5
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; expected nothing or "smoke"')
   return c

@@ -12,10 +12,12 @@ A pix2pix folder is read as PATH/<split> when such a subfolder exists (train/, t
 
 import ml_collections
 
+from cgml_jax import configs
 from cgml_jax.tasks import image
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = configs.parse_arg(arg, cpu=False, smoke=False)
   c = image.base_config('translate')
   c.data.name = 'facades'      # or 'pix2pix:PATH'
   c.data.direction = 'BtoA'    # pix2pix folders only: which half is the input
@@ -38,16 +40,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_test = 106
   c.eval.num_samples = 10
   c.eval.batch_size = 16
-  if arg == 'cpu':
+  if a.cpu:
     # A real but CPU-sized run (~10-15 min on 2 busy cores): half the widths, fewer steps.
     c.model.base_channels = 16
     c.model.max_channels = 64
     c.train.steps = 600
-  elif arg == 'smoke':
+  if a.smoke:
     image.smoke(c)
     c.data.flip = False
     c.data.train_split = 'train[:32]'
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; expected nothing, "cpu" or '
-                     '"smoke"')
   return c

@@ -36,6 +36,7 @@ parallel.initialize_distributed()
 from cgml_jax import cgml  # noqa: E402
 from cgml_jax.training import loop  # noqa: E402
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet  # noqa: E402
+from cgml_jax.data.arrays import BatchIterator  # noqa: E402
 from cgml_jax.tasks import toy  # noqa: E402
 
 
@@ -58,9 +59,9 @@ def main():
       generator=MLPGenerator(out_dim=3, width=16, depth=2, spectral_norm=True),
       latent_net=MLPLatentNet(width=16, depth=2), tx_hg=tx, tx_latent=tx, hp=hp,
       num_examples=64)
-  batches = toy.BatchIterator(data, args.batch, seed=0, process_index=jax.process_index(),
+  batches = BatchIterator(data, args.batch, seed=0, process_index=jax.process_index(),
                               process_count=jax.process_count())
-  first = parallel.shard_batch(toy.BatchIterator(data, args.batch, 0, jax.process_index(),
+  first = parallel.shard_batch(BatchIterator(data, args.batch, 0, jax.process_index(),
                                                  jax.process_count()).__next__(), mesh)
   info['batch_spec'] = str(first['x'].sharding.spec)
   info['batch_shards'] = len(first['x'].addressable_shards)

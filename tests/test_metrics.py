@@ -120,18 +120,3 @@ def test_diversity_protocol(lp):
   g = np.stack([digits[i]['image'] for i in range(4)]).astype(np.float32) / 127.5 - 1
   d = float(lp.diversity(jnp.asarray(g.reshape(2, 2, 28, 28, 1))))
   assert 0 < d < 1
-
-
-def test_frechet_distance():
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(4000, 3))
-  assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
-  # 1-D closed form: (mu1 - mu2)^2 + (s1 - s2)^2.
-  a, b = rng.normal(1.0, 2.0, (500, 1)), rng.normal(-0.5, 0.5, (700, 1))
-  want = (a.mean() - b.mean()) ** 2 + (a.std(ddof=1) - b.std(ddof=1)) ** 2
-  assert metrics.frechet_distance(a, b) == pytest.approx(want, rel=1e-6)
-  y = x * 2 + 1  # N(1, 4I): 3 * 1 + 3 * (1 + 4 - 2 * 2) = 6 in expectation
-  assert metrics.frechet_distance(x, y) == pytest.approx(6.0, rel=0.1)
-  assert metrics.frechet_distance(y, x) == pytest.approx(metrics.frechet_distance(x, y))
-  with pytest.raises(ValueError, match='dimensions'):
-    metrics.frechet_distance(x, x[:, :2])

@@ -1,6 +1,5 @@
-"""Metrics: PSNR, SSIM, LPIPS v0.1 (AlexNet), diversity, Fréchet distance on features."""
+"""Metrics: PSNR, SSIM, LPIPS v0.1 (AlexNet) and its diversity, the representation probe."""
 
-from cgml_jax.metrics.frechet import frechet_distance, gaussian_stats
 from cgml_jax.metrics.image import psnr, ssim
 from cgml_jax.metrics.lpips import (DIVERSITY_NUM_SAMPLES, LPIPS, LPIPS_INPUT_RANGE,
                                     LPIPS_NET, LPIPS_VERSION, LpipsMetric,

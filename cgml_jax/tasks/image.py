@@ -1,22 +1,23 @@
-r"""Shared machinery of the image tasks (paper Sec. 5): data, models, training, evaluation.
+r"""The image tasks (paper Sec. 5): data, models, and the one experiment driver.
 
 A task module (colorize, complete, translate, mnist_corrupted) describes itself as an
 `ImageTask`: which source to read, how an example becomes {'x', 'y', ...} for training and
 for each evaluation protocol, the error E, and how an output is shown as an RGB image.
-`run(task, config, workdir)` then does the rest, the same way for every task:
+`run(task, config, workdir)` then does the rest, the same way for every task and for any
+list of methods (`cgml_jax.tasks.methods`: cGML, L1 and every peer):
 
   1. train every method of `config.methods` with the same budget: `train.steps` batches of
-     `data.batch_size` ('l1': the regression baseline `cgml_jax.regression`, G called with
-     an empty z; 'cgml': Algorithm 1 with `train.inner_steps` inner iterations per batch);
-     H, G (and Z) from `cgml_jax.models.conv.build_conv_models`.
+     `data.batch_size` from the same pipeline and seed; H, G (and Z) from
+     `cgml_jax.models.conv.build_conv_models`. Every method checkpoints and resumes.
   2. for each evaluation protocol, take the first `eval.num_test` examples of the test split
      (transformed with a fixed per-example rng, so every method sees the same inputs and
-     masks), draw K = `eval.num_samples` outputs per input for cGML (Eq. 4 from K random
-     z_0, T = `latent.traverse_steps`) and the one prediction of L1, and score them.
+     masks), draw K = `eval.num_samples` outputs per input (1 for deterministic methods;
+     cGML: Eq. 4 from K random z_0, T = `latent.traverse_steps`), and score them.
   3. write `metrics.json`, `metrics.md` (one Markdown table per protocol) and PNG grids:
-     `samples_<protocol>.png` (input | ground truth | L1 | K cGML samples) and
-     `trajectory.png` (one input's outputs G(h, z_t) along Eq. 4 trajectories from several
-     z_0; the paper's Fig. 6 analogue).
+     `samples_<protocol>.png` (input | ground truth | each method's samples, the same
+     inputs for every method), `trajectory.png` (one input's outputs G(h, z_t) along Eq. 4
+     from several z_0; the paper's Fig. 6 analogue), and for comparison configs (a
+     `compare` block) `curves.png`, the task's error on a probe batch against the step.
 
 Metric protocol (pinned; every number is computed on RGB (or grey) images in [-1, 1] as
 returned by `ImageTask.to_image`, i.e. colorization outputs are converted from LAB and
@@ -48,15 +49,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, regression
-from cgml_jax.tasks import viz
-from cgml_jax.training import loop, optim, parallel
-from cgml_jax.training import workdir as workdir_lib
+from cgml_jax import cgml, configs
 from cgml_jax import data as data_lib
 from cgml_jax.metrics import image as image_metrics
 from cgml_jax.models.conv import build_conv_models
+from cgml_jax.peers import basisgan as basis_lib
+from cgml_jax.peers import gan as gan_lib
+from cgml_jax.tasks import methods as methods_lib
+from cgml_jax.tasks import viz
+from cgml_jax.training import parallel
+from cgml_jax.training import workdir as workdir_lib
 
-METHODS = ('l1', 'cgml')
 Transform = data_lib.transforms.Transform
 
 
@@ -96,11 +99,7 @@ class ImageTask:
 
 def base_config(task: str) -> ml_collections.ConfigDict:
   """The fields every image-task config has; experiments/<task>.py fills in the rest."""
-  c = ml_collections.ConfigDict()
-  c.task = task
-  c.seed = 0
-  c.methods = METHODS          # trained with the same budget (steps x batch), in this order
-
+  c = configs.base(task)
   c.data = ml_collections.ConfigDict()
   c.data.name = 'embedded'     # 'embedded', 'mnist', 'cifar10', 'celeba', 'facades',
                                # 'folder:PATH', 'pix2pix:PATH' or 'tfds:NAME'
@@ -113,7 +112,6 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.data.batch_size = 32
   c.data.num_threads = 2       # grain reader threads
 
-  c.model = ml_collections.ConfigDict()
   c.model.base_channels = 32   # encoder width of the first block, doubling per block
   c.model.max_channels = 128
   c.model.bottleneck_size = 2  # side of H's last feature map
@@ -124,54 +122,47 @@ def base_config(task: str) -> ml_collections.ConfigDict:
                                # G barely depends on z (see latent.step_size)
   c.model.latent_hidden = (128, 128)  # hidden widths of Z
   c.model.out_activation = 'tanh'  # G's output: 'tanh', 'sigmoid' or 'none'
-  c.model.impl = 'auto'
+  c.model.impl = 'auto'        # fast 4x4 stride-2 layers (cgml_jax.models.layers)
 
-  c.latent = ml_collections.ConfigDict()
-  c.latent.step_size = 10.0    # beta of the z step. E is a per-example MEAN over pixels,
-                               # so grad_z E is small: with beta = 1, C = 1 and z at the
-                               # bottleneck, ||z' - z|| was ~1.5e-3 on MNIST and the z step
-                               # did nothing; beta = 10, C = 2, z everywhere gives ~0.8
-                               # (notes in README "Image tasks")
-  c.latent.alpha = 1.0         # rho = alpha * ||z' - z||
-  c.latent.use_momentum = True
-  c.latent.traverse_steps = 20  # T of Eq. 4 at inference
-
-  c.train = ml_collections.ConfigDict()
-  c.train.steps = 1000
-  c.train.inner_steps = 3      # l of Algorithm 1
-  c.train.generator_update = 'every'
-  c.train.lr = 1e-3            # Adam, (H, G) (and the L1 baseline)
-  c.train.lr_latent = 1e-3     # Adam, Z
-  c.train.schedule = 'cosine'
-  c.train.warmup_steps = 0
-  c.train.grad_clip = 1.0
-  c.train.log_every = 100
-
-  c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every = 1000    # Orbax checkpoint every N steps (and at the end)
-  c.checkpoint.keep = 1
-  c.checkpoint.async_save = False
-  c.checkpoint.allow_config_mismatch = False
-
-  c.logging = ml_collections.ConfigDict()
-  c.logging.tensorboard = False  # metrics.jsonl is always written to workdir/logs
-
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.coordinator_address = ''
-  c.distributed.num_processes = 0
-  c.distributed.process_id = -1
+  # E is a per-example MEAN over pixels, so grad_z E is small: with beta = 1, C = 1 and z
+  # at the bottleneck only, ||z' - z|| was ~1e-3 and the z step did nothing; beta = 10,
+  # C = 2 and z at every decoder block move z by ~0.8 (docs/method.md).
+  c.latent.step_size = 10.0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_test = 128        # first N examples of data.test_split
-  c.eval.num_samples = 10      # K outputs per input (cGML)
+  c.eval.num_samples = 10      # K outputs per input (stochastic methods)
   c.eval.batch_size = 32       # inputs per evaluation batch
   c.eval.lpips = True          # LPIPS and LPIPS diversity (needs the offline weights)
   c.eval.lpips_weights = ''    # explicit weights file ('' = search the data folder)
   c.eval.grid_rows = 8         # inputs shown in samples_*.png
-  c.eval.grid_samples = 6      # cGML samples shown per input
+  c.eval.grid_samples = 6      # samples shown per input and method
   c.eval.trajectory_starts = 4  # z_0 rows of trajectory.png
   c.eval.trajectory_frames = 8  # frames per row (evenly spaced over t = 0..T)
   c.eval.plots = True
+  return c
+
+
+def add_comparison_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The peers' fields, budget curves and representation probe, for comparison configs."""
+  configs.add_peer_fields(c)
+  c.probe = ml_collections.ConfigDict()
+  c.probe.datasets = ()        # labelled sets for the representation probe, e.g.
+                               # ('cifar10',) or ('cifar10', 'mnist'); () = no probe
+  c.probe.train_split = 'train'  # probe-train: first train_per_class rows of each class
+  c.probe.train_per_class = 200  # (cifar10 'train' = rows 0:800 of each class)
+  c.probe.test_split = 'test'  # probe-test: first test_per_class rows of each class
+  c.probe.test_per_class = 100   # (cifar10 'test' = rows 900:1000 of each class)
+  c.probe.l2_grid = (1e-4, 1e-3, 1e-2, 1e-1)  # on mean CE + l2 ||W||^2, picked on val_frac
+  c.probe.val_frac = 0.2       # of probe-train, held out to pick l2
+  c.probe.steps = 100          # L-BFGS iterations per fit
+  c.probe.batch_size = 100     # images per feature-extraction call
+
+  c.compare = ml_collections.ConfigDict()
+  c.compare.probe_size = 16    # inputs of the probe batch of the budget curves
+  c.compare.curve_samples = 3  # samples per probe input (best of them is scored)
+  c.compare.curve_every = 50   # probe E every this many steps (the curves' resolution)
+  c.compare.target_error = 0.2  # steps_to_target: first step with probe E <= this
   return c
 
 
@@ -260,45 +251,20 @@ def load_eval_set(task: ImageTask, config, protocol: str) -> dict[str, np.ndarra
 
 
 # ---------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------
 # Models and training.
 
 
-def build_models(task: ImageTask, config):
+def build_models(task: ImageTask, config, out_channels: int | None = None):
   """H, G, Z for this task and config (cgml_jax.models.conv)."""
   m = config.model
-  return build_conv_models(config.data.image_size, task.in_channels, task.out_channels,
+  return build_conv_models(config.data.image_size, task.in_channels,
+                           out_channels or task.out_channels,
                            m.z_dim, base_channels=m.base_channels,
                            max_channels=m.max_channels, bottleneck_size=m.bottleneck_size,
                            z_injection=m.z_injection, spectral_norm=True,
                            lipschitz=m.lipschitz, latent_hidden=tuple(m.latent_hidden),
                            out_activation=m.out_activation, impl=m.impl)
-
-
-
-def create_state(method: str, task: ImageTask, config, x0, key):
-  """(initial train state, step_fn) of `method` on inputs shaped like x0."""
-  if method not in METHODS:
-    raise ValueError(f'unknown method {method!r}; expected one of {METHODS}')
-  enc, gen, lat = build_models(task, config)
-  loss_fn = task.loss_fn(config)
-  tx_hg = optim.from_config(config.train, config.train.lr)
-  x0 = jnp.asarray(x0)
-  # Initialisation is jitted, with an RBG key: XLA compiles threefry-based initialisers of
-  # many kernel shapes slowly on CPU (about 4x longer here); parameters only need to be a
-  # deterministic function of the seed, which RBG keys are on a given backend.
-  key = jax.random.key(int(jax.random.randint(key, (), 0, 2**31 - 1)), impl='unsafe_rbg')
-  if method == 'l1':
-    state = regression.RegressionState.create(key, x0, encoder=enc, generator=gen, tx=tx_hg,
-                                              loss_fn=loss_fn)
-    return state, regression.train_step
-  tx_lat = optim.from_config(config.train, config.train.lr_latent)
-  hp = cgml.Hyper(z_dim=config.model.z_dim, step_size=config.latent.step_size,
-                  alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
-                  use_momentum=config.latent.use_momentum,
-                  generator_update=config.train.generator_update)
-  state = cgml.CGMLState.create(key, x0, encoder=enc, generator=gen, latent_net=lat,
-                                tx_hg=tx_hg, tx_latent=tx_lat, hp=hp, loss_fn=loss_fn)
-  return state, cgml.train_step
 
 
 def train_iterator(task: ImageTask, config):
@@ -310,10 +276,10 @@ def train_iterator(task: ImageTask, config):
                               transform=task.transform(config, None),
                               process_index=jax.process_index(),
                               process_count=jax.process_count())
-  return data_lib.make_iterator(ds, num_threads=config.data.num_threads)
+  return NumericBatches(data_lib.make_iterator(ds, num_threads=config.data.num_threads))
 
 
-class _Numeric:
+class NumericBatches:
   """Drops non-numeric entries (e.g. file names) from batches before they reach jit."""
 
   def __init__(self, it):
@@ -333,35 +299,96 @@ class _Numeric:
     self.it.set_state(state)
 
 
+def _final_upsample(enc, x) -> int:
+  """BasisUNetGenerator's final_upsample: output size / finest encoder feature size.
+
+  The encoder may pad the input (28 -> 32); the factor is rounded up so the decoded map
+  covers the image, and the generator crops it back (`output_size`).
+  """
+  shapes = jax.eval_shape(lambda x: enc.init_with_output(jax.random.key(0), x,
+                                                         train=False)[0], x)
+  finest = max(s.shape[1] for s in jax.tree.leaves(shapes))
+  return max(1, -(-x.shape[1] // finest))
+
+
+def method_context(task: ImageTask, config, workdir: str | None = None, writer=None,
+                   extra_metrics=None) -> methods_lib.Context:
+  """The registry's view of an image task (`cgml_jax.tasks.methods.Context`)."""
+  def discriminator(kind):
+    g = config.gan
+    if kind == 'context_encoder':
+      return gan_lib.ContextEncoderDiscriminator(features=g.disc_features,
+                                                 max_features=g.disc_max_features)
+    return gan_lib.PatchDiscriminator(features=g.disc_features)
+
+  def basis_generator(enc, x):
+    b, act = config.basisgan, config.model.out_activation
+    return basis_lib.BasisUNetGenerator(
+        out_channels=task.out_channels, num_bases=b.num_bases, basis_every=b.basis_every,
+        final_upsample=_final_upsample(enc, x),
+        final_activation=act if act == 'tanh' else 'none', output_size=int(x.shape[1]))
+
+  return methods_lib.Context(
+      name=task.name, config=config,
+      models=lambda cfg, out_channels: build_models(task, cfg, out_channels),
+      loss_fn=task.loss_fn(config), example=next(train_iterator(task, config)),
+      batches=lambda: train_iterator(task, config), discriminator=discriminator,
+      basis_generator=basis_generator, rbg_keys=True, workdir=workdir, writer=writer,
+      extra_metrics=extra_metrics)
+
+
 def train_method(method: str, task: ImageTask, config, key, workdir: str | None = None,
-                 writer=None):
-  """Trains one method; returns (state, history, seconds). Resumes from workdir checkpoints."""
-  k_init, k_train = jax.random.split(key)
-  batches = _Numeric(train_iterator(task, config))
-  first = next(train_iterator(task, config))
-  state, step_fn = create_state(method, task, config, first['x'], k_init)
-  return workdir_lib.fit_method(state, step_fn, batches, config, workdir, method,
-                                f'{task.name}/{method}', k_train, writer=writer)
+                 writer=None) -> methods_lib.Trained:
+  """Trains one method of the registry on this task; resumes from workdir checkpoints."""
+  return methods_lib.train(method, method_context(task, config, workdir, writer), key)
+
+
+def curve_metric(task: ImageTask, config, probe: dict):
+  """(method, sampler) -> (state -> {'probe_E': ...}): the budget curves' probe error.
+
+  jnp code, traced into every train step by loop.fit; a `lax.cond` runs the sampler only
+  on the steps that the history records (multiples of `compare.curve_every` and the last),
+  and gives -1 on the others (loop.fit requires finite metrics every step). probe_E is the
+  task's E on a fixed probe batch, best of `compare.curve_samples` samples with a fixed
+  key, mean over the probe.
+  """
+  loss_fn = task.loss_fn(config)
+  every = int(config.compare.curve_every)
+  k = int(config.compare.curve_samples)
+  num_steps = int(config.train.steps)
+  probe = {n: jnp.asarray(v) for n, v in probe.items()}
+  b = probe['x'].shape[0]
+  key = jax.random.key(12345)
+  rep = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), probe)
+
+  def for_method(name, sample_fn):
+    del name
+
+    def probe_e(state):
+      out = sample_fn(state, probe['x'], key, k)               # (B, K, ...)
+      e = loss_fn(out.reshape((b * k,) + out.shape[2:]), rep).reshape(b, k)
+      return jnp.mean(jnp.min(e, axis=1)).astype(jnp.float32)
+
+    def fn(state):
+      due = (state.step % every == 0) | (state.step == num_steps)
+      return {'probe_E': jax.lax.cond(due, probe_e, lambda s: jnp.float32(-1.0), state)}
+    return fn
+  return for_method
+
+
+def curve_of(history: list[dict], target: float) -> dict:
+  """The recorded probe errors of a history: steps, values, first step at the target."""
+  recorded = [h for h in history if h.get('probe_E', -1.0) >= 0]
+  steps = [h['step'] for h in recorded]
+  values = [h['probe_E'] for h in recorded]
+  hit = [s for s, v in zip(steps, values) if v <= target]
+  return {'curve': {'step': steps, 'probe_E': values},
+          'steps_to_target': hit[0] if hit else '',
+          'final_probe_E': values[-1] if values else float('nan')}
 
 
 # ---------------------------------------------------------------------------------------
 # Inference.
-
-
-@jax.jit
-def _l1_predict(state, x):
-  return regression.predict(state, x)
-
-
-def predict(method: str, state, x, key, num_samples: int, num_steps: int) -> np.ndarray:
-  """(B, K, H, W, C) outputs: K cGML samples (Eq. 4), or L1's one prediction (K = 1)."""
-  x = jnp.asarray(x)
-  if method == 'l1':
-    return np.asarray(_l1_predict(state, x))[:, None]
-  return np.asarray(_sample(state, x, key, num_samples, num_steps))
-
-
-_sample = jax.jit(cgml.sample, static_argnums=(3, 4))
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
@@ -380,6 +407,17 @@ def trajectory_outputs(state, x, key, num_starts: int, num_steps: int) -> np.nda
   xs = jnp.repeat(jnp.asarray(x), num_starts, axis=0)
   z0 = cgml.sample_sphere(key, (num_starts, state.hp.z_dim))
   return np.asarray(_trajectory(state, xs, z0, num_steps)).swapaxes(0, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_sampler(sample_fn):
+  return jax.jit(sample_fn, static_argnums=3)
+
+
+def sample(trained: methods_lib.Trained, x, key, num_samples: int) -> np.ndarray:
+  """(B, K, ...) outputs of a trained method for inputs x."""
+  return np.asarray(_jitted_sampler(trained.sample_fn)(trained.state, jnp.asarray(x), key,
+                                                       num_samples))
 
 
 # ---------------------------------------------------------------------------------------
@@ -415,8 +453,8 @@ def score(task: ImageTask, config, batch: dict, outputs: np.ndarray, lpips=None,
           pixel_fn=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """Per-input scores of outputs (B, K, ...) against batch['y'] (see the module docstring).
 
-  The K samples are scored one slot at a time, so L1 (K = 1) and cGML share one compiled
-  scoring function.
+  The K samples are scored one slot at a time, so deterministic methods (K = 1) and
+  stochastic ones share one compiled scoring function.
 
   Returns:
     ({score name: (B, K) or (B,) array}, the outputs as images (B, K, H, W, C)).
@@ -455,10 +493,18 @@ def summarize(scores: dict[str, np.ndarray]) -> dict[str, float]:
   return out
 
 
-def evaluate(task: ImageTask, config, states: dict, key, lpips=None
-             ) -> tuple[dict, dict]:
-  """Scores every method on every protocol; returns (metrics, shown) where shown holds the
-  first `eval.grid_rows` inputs and outputs of each protocol for the grids."""
+def num_samples_of(method: str, config) -> int:
+  """K at evaluation: 1 for deterministic methods, `eval.num_samples` otherwise."""
+  return 1 if methods_lib.is_deterministic(method) else int(config.eval.num_samples)
+
+
+def evaluate(task: ImageTask, config, trained: dict, key, lpips=None) -> tuple[dict, dict]:
+  """Scores every trained method on every protocol, the same inputs and keys for all.
+
+  Returns:
+    (metrics {protocol: {method: summary}}, shown {protocol: (first `eval.grid_rows`
+    inputs, {method: their output images})}) for the grids.
+  """
   metrics, shown = {}, {}
   bs = config.eval.batch_size
   pixel_fn = _pixel_scores(task, task.loss_fn(config))
@@ -466,47 +512,75 @@ def evaluate(task: ImageTask, config, states: dict, key, lpips=None
     data = load_eval_set(task, config, protocol)
     n = len(data['x'])
     per_method, outs_shown = {}, {}
-    for method, state in states.items():
+    for method, t in trained.items():
+      k = num_samples_of(method, config)
       acc = []
       for start in range(0, n, bs):
-        batch = {k: v[start:start + bs] for k, v in data.items()}
+        batch = {kk: v[start:start + bs] for kk, v in data.items()}
         k_b = jax.random.fold_in(jax.random.fold_in(key, p_i), start)
-        out = predict(method, state, batch['x'], k_b, config.eval.num_samples,
-                      config.latent.traverse_steps)
-        scores, imgs = score(task, config, batch, out, lpips, pixel_fn)
+        scores, imgs = score(task, config, batch, sample(t, batch['x'], k_b, k), lpips,
+                             pixel_fn)
         acc.append(scores)
         if start == 0:
           outs_shown[method] = imgs[:config.eval.grid_rows]
-      per_input = {k: np.concatenate([a[k] for a in acc]) for k in acc[0]}
-      per_method[method] = {**summarize(per_input), 'num_inputs': n,
-                            'num_samples': 1 if method == 'l1' else config.eval.num_samples}
+      per_input = {kk: np.concatenate([a[kk] for a in acc]) for kk in acc[0]}
+      per_method[method] = {**summarize(per_input), 'num_inputs': n, 'num_samples': k}
     metrics[protocol] = per_method
-    shown[protocol] = ({k: v[:config.eval.grid_rows] for k, v in data.items()}, outs_shown)
+    shown[protocol] = ({kk: v[:config.eval.grid_rows] for kk, v in data.items()}, outs_shown)
   return metrics, shown
 
 
 # ---------------------------------------------------------------------------------------
 # Reports.
 
-_TABLE_COLUMNS = ('psnr_mean', 'psnr_best', 'ssim_mean', 'ssim_best', 'lpips_mean',
-                  'lpips_best', 'diversity', 'pixel_diversity', 'E_mean', 'E_best')
+COLUMNS = ('psnr_mean', 'psnr_best', 'ssim_mean', 'ssim_best', 'lpips_mean', 'lpips_best',
+           'diversity', 'pixel_diversity', 'E_mean', 'E_best')
+TRAIN_COLUMNS = ('seconds', 'steps', 'steps_to_target', 'final_probe_E')
+
+
+def _fmt(v):
+  if v is None or v == '':
+    return ''
+  if isinstance(v, float):
+    return 'nan' if not np.isfinite(v) else f'{v:.4g}'
+  return str(v)
 
 
 def markdown(results: dict) -> str:
   """metrics.md: one table per protocol, methods as rows."""
   lines = [f"# {results['task']} ({results['dataset']}, {results['image_size']}px)", '',
-           f"K = {results['num_samples']} samples per input for cGML, 1 for L1; "
-           f"{results['train_steps']} training steps of batch {results['batch_size']} per "
-           'method. "best" = best of K per input. See cgml_jax/tasks/image.py for the '
+           f"Every method: {results['train_steps']} steps of batch {results['batch_size']} "
+           f"(MR-GAN: + predictor steps). K = {results['num_samples']} samples per input "
+           '(1 for the deterministic methods). "best" = best of K per input. seconds = '
+           'training wall time incl. compilation. See cgml_jax/tasks/image.py for the '
            'protocol.', '']
+  if 'target_error' in results:
+    lines += [f"steps_to_target: first step with probe E <= {results['target_error']} "
+              f"(probe: {results['probe_size']} inputs, best of {results['curve_samples']} "
+              f"samples, every {results['curve_every']} steps).", '']
   for protocol, per_method in results['eval'].items():
-    cols = [c for c in _TABLE_COLUMNS if any(c in m for m in per_method.values())]
-    lines += [f'## {protocol}', '', '| method | ' + ' | '.join(cols) + ' | train s |',
-              '|---|' + '---|' * (len(cols) + 1)]
+    cols = [c for c in COLUMNS if any(c in m for m in per_method.values())]
+    cols += [c for c in TRAIN_COLUMNS
+             if any(c in results['train'][m] for m in per_method)]
+    probe_cols = [f'probe_{ds}' for ds in results.get('probe', {})]
+    lines += [f'## {protocol}', '', '| method | ' + ' | '.join(cols + probe_cols) + ' |',
+              '|---|' + '---|' * len(cols + probe_cols)]
     for method, m in per_method.items():
-      vals = ' | '.join(f'{m[c]:.4g}' if c in m else '' for c in cols)
-      secs = results['train'].get(method, {}).get('seconds', float('nan'))
-      lines.append(f'| {method} | {vals} | {secs:.0f} |')
+      t = results['train'][method]
+      vals = [_fmt(m[c]) if c in m else _fmt(t.get(c, '')) for c in cols]
+      vals += [_fmt(r['results'].get(method, {}).get('test_acc', ''))
+               for r in results.get('probe', {}).values()]
+      lines.append(f'| {method} | ' + ' | '.join(vals) + ' |')
+    lines.append('')
+  for ds, r in results.get('probe', {}).items():
+    lines += [f'## Representation probe: {ds} (linear classifier on the frozen bottleneck)',
+              '', f"probe-train: {r['train_rows']}; probe-test: {r['test_rows']}. L2 picked "
+              'on a held-out part of probe-train; chance = most frequent test label.', '',
+              '| encoder | test acc | train acc | val acc | l2 | dim | chance |',
+              '|---|---|---|---|---|---|---|']
+    for name, v in r['results'].items():
+      lines.append(f"| {name} | {v['test_acc']:.4f} | {v['train_acc']:.4f} | "
+                   f"{v['val_acc']:.4f} | {v['l2']:g} | {v['dim']} | {v['chance']:.3f} |")
     lines.append('')
   if results.get('task_metrics'):
     lines += ['## task-specific', '', '```json',
@@ -526,8 +600,9 @@ def _scale(config) -> int:
   return max(1, 96 // config.data.image_size)
 
 
-def write_grids(task: ImageTask, config, workdir: str, shown: dict, states: dict, key):
-  """samples_<protocol>.png and (with a cGML state) trajectory.png."""
+def write_grids(task: ImageTask, config, workdir: str, shown: dict, trained: dict, key):
+  """samples_<protocol>.png (input | truth | each method's samples, the same inputs for
+  every method) and, with a cGML model, trajectory.png."""
   g = config.eval.grid_samples
   paths = []
   for protocol, (data, outs) in shown.items():
@@ -538,14 +613,14 @@ def write_grids(task: ImageTask, config, workdir: str, shown: dict, states: dict
     path = os.path.join(workdir, f'samples_{protocol}.png')
     viz.save_png(path, viz.samples_grid(inputs, truth, cols), scale=_scale(config))
     paths.append(path)
-  if 'cgml' in states:
+  if 'cgml' in trained:
     data, outs = next(iter(shown.values()))
     # The shown input whose cGML samples differ most: its trajectories are the telling ones.
     spread = outs['cgml'].reshape(outs['cgml'].shape[:2] + (-1,)).std(axis=1).mean(axis=1)
     pick = int(np.argmax(spread))
     x = data['x'][pick:pick + 1]
     t = config.latent.traverse_steps
-    traj = trajectory_outputs(states['cgml'], x, key, config.eval.trajectory_starts, t)
+    traj = trajectory_outputs(trained['cgml'].state, x, key, config.eval.trajectory_starts, t)
     frames = np.unique(np.linspace(0, t, config.eval.trajectory_frames).round().astype(int))
     shown_in = np.asarray(_jitted(task.input_image)(x))[0]
     sel = traj[:, frames]                                   # (S, F, H, W, C)
@@ -560,44 +635,65 @@ def write_grids(task: ImageTask, config, workdir: str, shown: dict, states: dict
 
 
 def run(task: ImageTask, config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config.methods` with the same budget, evaluates, writes metrics and grids.
+  """The experiment driver of the image tasks: trains every method of `config.methods`
+  with the same budget, evaluates them with the pinned protocol, writes the tables and
+  grids. Running it again in the same workdir resumes every method from its checkpoints.
+
+  With a `compare` block in the config it also records the budget curves (curves.png);
+  with `probe.datasets` it runs the representation probe of the frozen encoders.
 
   Returns:
     The dict written to `workdir/metrics.json`.
   """
   for m in config.methods:
-    if m not in METHODS:
-      raise ValueError(f'unknown method {m!r} in config.methods; expected some of {METHODS}')
+    methods_lib.parse(m)
   writer = workdir_lib.prepare(config, workdir)
   t_start = time.perf_counter()
   key = jax.random.key(config.seed)
   k_models, k_eval, k_traj, k_task = jax.random.split(key, 4)
-  states, train_info = {}, {}
-  for i, method in enumerate(config.methods):
-    state, history, seconds = train_method(method, task, config,
-                                           jax.random.fold_in(k_models, i), workdir, writer)
-    states[method] = state
-    train_info[method] = {'seconds': round(seconds, 2),
-                          'final_E': history[-1]['E'] if history else float('nan'),
-                          'final_update_norm': loop.last_update_norms(history)}
+  cc = config.get('compare')
+  extra, probe = None, None
+  if cc is not None:
+    probe_all = load_eval_set(task, config, task.protocols(config)[0])
+    probe = {k: v[:cc.probe_size] for k, v in probe_all.items()}
+    extra = curve_metric(task, config, probe)
+  ctx = method_context(task, config, workdir, writer, extra_metrics=extra)
+  trained = methods_lib.train_all(ctx, k_models)
   writer.close()
+  train_info = {}
+  for m, t in trained.items():
+    train_info[m] = dict(t.info)
+    if cc is not None:
+      train_info[m].update(curve_of(t.history, cc.target_error))
   t_eval = time.perf_counter()
   lpips, lpips_note = _lpips(config)
-  metrics, shown = evaluate(task, config, states, k_eval, lpips)
+  metrics, shown = evaluate(task, config, trained, k_eval, lpips)
   results = {'task': task.name, 'dataset': config.data.name or 'embedded',
              'image_size': int(config.data.image_size),
              'num_samples': int(config.eval.num_samples),
              'traverse_steps': int(config.latent.traverse_steps),
              'train_steps': int(config.train.steps), 'batch_size': int(config.data.batch_size),
-             'train': train_info, 'eval': metrics}
+             'methods': list(config.methods), 'train': train_info, 'eval': metrics}
+  if cc is not None:
+    results.update({'target_error': float(cc.target_error), 'probe_size': len(probe['x']),
+                    'curve_samples': int(cc.curve_samples),
+                    'curve_every': int(cc.curve_every)})
   if lpips_note:
     results['lpips'] = lpips_note
   if task.extra_eval is not None:
-    results['task_metrics'] = task.extra_eval(config, states, k_task, workdir)
+    results['task_metrics'] = task.extra_eval(config, trained, k_task, workdir)
+  if config.get('probe') is not None and config.probe.datasets:
+    from cgml_jax.tasks import representation
+    results['probe'] = representation.probe(task, config, trained,
+                                            jax.random.fold_in(k_models, 10_000))
   if parallel.is_primary():
     if config.eval.plots:
-      results['images'] = [os.path.basename(p) for p in
-                           write_grids(task, config, workdir, shown, states, k_traj)]
+      paths = write_grids(task, config, workdir, shown, trained, k_traj)
+      if cc is not None:
+        paths.append(os.path.join(workdir, 'curves.png'))
+        viz.plot_curves(paths[-1], {m: (i['curve']['step'], i['curve']['probe_E'])
+                                    for m, i in train_info.items()}, cc.target_error)
+      results['images'] = [os.path.basename(p) for p in paths]
     results['eval_seconds'] = round(time.perf_counter() - t_eval, 2)
     results['total_seconds'] = round(time.perf_counter() - t_start, 2)
     with open(os.path.join(workdir, 'metrics.json'), 'w') as f:

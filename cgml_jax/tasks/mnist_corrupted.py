@@ -35,6 +35,8 @@ of clean test inputs, best of K / mean over K), `extra_eval` measures, with K =
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 import numpy as np
 
@@ -152,7 +154,7 @@ def mode_scores(config, data: dict, outputs: np.ndarray) -> dict:
   return r
 
 
-def extra_eval(config, states: dict, key, workdir: str) -> dict:
+def extra_eval(config, trained: dict, key, workdir: str) -> dict:
   """The mode measurements of the module docstring, per method.
 
   cGML is measured twice: with its inference (Eq. 4, T = `latent.traverse_steps`), and as
@@ -161,15 +163,17 @@ def extra_eval(config, states: dict, key, workdir: str) -> dict:
   """
   del workdir
   import jax
+  from cgml_jax import cgml
   data = image.load_eval_set(TASK, config, 'test')
   n, bs = len(data['x']), config.eval.batch_size
-  runs = [(m, m, config.latent.traverse_steps) for m in states]
-  if 'cgml' in states:
-    runs.append(('cgml_T0', 'cgml', 0))
+  runs = [(m, t) for m, t in trained.items()]
+  if 'cgml' in trained:
+    runs.append(('cgml_T0', dataclasses.replace(
+        trained['cgml'], sample_fn=lambda s, x, k, num: cgml.sample(s, x, k, num, 0))))
   out = {}
-  for name, method, steps in runs:
-    outs = [image.predict(method, states[method], data['x'][start:start + bs],
-                          jax.random.fold_in(key, start), config.eval.num_samples, steps)
+  for name, t in runs:
+    k = image.num_samples_of(name if name != 'cgml_T0' else 'cgml', config)
+    outs = [image.sample(t, data['x'][start:start + bs], jax.random.fold_in(key, start), k)
             for start in range(0, n, bs)]
     out[name] = mode_scores(config, data, np.concatenate(outs))
     print(f'[mnist_corrupted/{name}] {out[name]}', flush=True)

@@ -66,17 +66,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, regression
-from cgml_jax.training import loop, optim, parallel
+from cgml_jax.tasks import methods as methods_lib
+from cgml_jax.training import parallel
 from cgml_jax.training import workdir as workdir_lib
 from cgml_jax import spectral3d as s3d
 from cgml_jax.losses import masked_l1
 from cgml_jax.models.conv import build_conv_models
 from cgml_jax.peers import gan as gan_lib
-from cgml_jax.peers import methods as peers
 from cgml_jax.metrics import probe as probe_lib
 from cgml_jax.metrics.probe import chunked, encoder_features, linear_probe
-from cgml_jax.tasks.toy import BatchIterator
+from cgml_jax.data.arrays import BatchIterator
 
 METHODS = ('l1', 'cgml', 'context_encoder')
 
@@ -256,75 +255,53 @@ def _models(config, z_dim: int):
 
 
 
-def create_state(method: str, config, x0: jax.Array, y0: jax.Array, key: jax.Array):
-  """(initial state, un-corrupting step fn) of one of METHODS."""
-  if method not in METHODS:
-    raise ValueError(f'unknown spectral3d method {method!r}; expected one of {METHODS}')
-  enc, gen, lat = _models(config, config.model.z_dim)
-  tx_hg = optim.from_config(config.train, config.train.lr)
-  # RBG keys compile initialisers much faster on CPU (see tasks/image.py).
-  key = jax.random.key(int(jax.random.randint(key, (), 0, 2**31 - 1)), impl='unsafe_rbg')
-  if method == 'l1':
-    state = regression.RegressionState.create(key, x0, encoder=enc, generator=gen, tx=tx_hg,
-                                              loss_fn=masked_l1)
-    return state, regression.train_step
-  if method == 'context_encoder':
-    disc = gan_lib.ContextEncoderDiscriminator(features=config.model.base_channels,
-                                               max_features=config.model.max_channels)
-    tx_d = optim.from_config(config.train, config.train.lr_disc)
-    state = jax.jit(lambda k, x, y: peers.context_encoder_state(
-        k, x, y, encoder=enc, generator=gen, disc=disc, tx_g=tx_hg, tx_d=tx_d))(key, x0, y0)
-    return state, peers.gan_step
-  tx_lat = optim.from_config(config.train, config.train.lr_latent)
-  hp = cgml.Hyper(z_dim=config.model.z_dim, step_size=config.latent.step_size,
-                  alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
-                  use_momentum=config.latent.use_momentum,
-                  generator_update=config.train.generator_update)
-  state = cgml.CGMLState.create(key, x0, encoder=enc, generator=gen, latent_net=lat,
-                                tx_hg=tx_hg, tx_latent=tx_lat, hp=hp, loss_fn=masked_l1)
-  return state, cgml.train_step
+def method_context(config, y_train: np.ndarray, workdir: str | None = None,
+                   writer=None) -> methods_lib.Context:
+  """The registry's view of the task: clean maps in, corrupted inside the jitted step."""
+  l_max, bs = config.data.l_max, config.data.batch_size
+  y0 = y_train[:bs]
+  data = {'x': y_train, 'y': y_train, 'index': np.arange(len(y_train))}
+
+  def discriminator(kind):
+    del kind  # the Context Encoder's D; the task offers no other GAN peer
+    return gan_lib.ContextEncoderDiscriminator(features=config.gan.disc_features,
+                                               max_features=config.gan.disc_max_features)
+
+  return methods_lib.Context(
+      name='spectral3d', config=config,
+      models=lambda cfg, out: _models(cfg, cfg.model.z_dim), loss_fn=masked_l1,
+      example={'x': clean_input(y0, l_max), 'y': y0},
+      batches=lambda: BatchIterator(data, bs, config.seed, jax.process_index(),
+                                    jax.process_count()),
+      num_examples=len(y_train), discriminator=discriminator, rbg_keys=True,
+      workdir=workdir, writer=writer,
+      step_wrapper=lambda step: corrupting_step(step, l_max, config))
 
 
 def train_method(method: str, config, y_train: np.ndarray, key: jax.Array,
-                 workdir: str | None = None, writer=None):
-  """Trains one method on clean training maps (corrupted on the fly); (state, history, s)."""
-  l_max = config.data.l_max
-  k_init, k_train = jax.random.split(key)
-  bs = config.data.batch_size
-  y0 = jnp.asarray(y_train[:bs])
-  x0 = jnp.asarray(clean_input(y_train[:bs], l_max))
-  state, base_step = create_state(method, config, x0, y0, k_init)
-  data = {'x': y_train, 'y': y_train, 'index': np.arange(len(y_train))}
-  batches = BatchIterator(data, bs, config.seed, jax.process_index(), jax.process_count())
-  return workdir_lib.fit_method(state, corrupting_step(base_step, l_max, config), batches,
-                                config, workdir, method, f'spectral3d/{method}', k_train,
-                                writer=writer)
+                 workdir: str | None = None, writer=None) -> methods_lib.Trained:
+  """Trains one method on clean training maps (corrupted on the fly)."""
+  if method not in METHODS:
+    raise ValueError(f'unknown spectral3d method {method!r}; expected one of {METHODS}')
+  return methods_lib.train(method, method_context(config, y_train, workdir, writer), key)
 
 
 # ---------------------------------------------------------------------------------------
 # Inference.
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _predict_chunk(method, state, x, num_samples, num_steps, key):
-  if method == 'l1':
-    return regression.predict(state, x)[:, None]
-  if method == 'context_encoder':
-    return peers.gan_sample(state, x, key, 1)
-  return cgml.sample(state, x, key, num_samples, num_steps)
-
-
-def predict(method: str, state, x: np.ndarray, key: jax.Array, config) -> np.ndarray:
+def predict(method: str, trained: methods_lib.Trained, x: np.ndarray, key: jax.Array,
+            config) -> np.ndarray:
   """(N, K, S, S, C) outputs (K = 1 for the deterministic methods)."""
-  e = config.eval
-  return chunked(lambda xx: _predict_chunk(method, state, xx, e.num_samples,
-                                           config.latent.traverse_steps, key), x, e.batch_size)
+  k = 1 if methods_lib.is_deterministic(method) else int(config.eval.num_samples)
+  fn = jax.jit(trained.sample_fn, static_argnums=3)
+  return chunked(lambda xx: fn(trained.state, xx, key, k), x, config.eval.batch_size)
 
 
 def random_encoder_features(config, key: jax.Array, x_train: np.ndarray, x_test: np.ndarray):
   """Bottleneck features of an untrained H (same architecture and initialiser)."""
   enc = _models(config, config.model.z_dim)[0]
-  key = jax.random.key(int(jax.random.randint(key, (), 0, 2**31 - 1)), impl='unsafe_rbg')
+  key = methods_lib.rbg_key(key)
   k_enc, _ = jax.random.split(key)  # as `RegressionState.create` draws H's parameters
   variables = jax.jit(enc.init)(k_enc, jnp.asarray(x_train[:1]))
   bs = config.eval.batch_size
@@ -497,15 +474,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   x_test_clean = clean_input(y_test, l_max)
   bs = config.eval.batch_size
   outputs, timing = {}, {}
-  for i, method in enumerate(config.methods):
-    state, history, seconds = train_method(method, config, y_train,
-                                           jax.random.fold_in(k_models, i), workdir, writer)
-    timing[method] = {'train_seconds': round(seconds, 1),
-                      'final_loss': history[-1].get('E', history[-1].get('g_loss'))
-                      if history else None,
-                      'final_update_norm': loop.last_update_norms(history)}
+  for method in config.methods:
+    if method not in METHODS:
+      raise ValueError(f'unknown spectral3d method {method!r}; expected some of {METHODS}')
+  trained = methods_lib.train_all(method_context(config, y_train, workdir, writer), k_models)
+  for method, t in trained.items():
+    state = t.state
+    timing[method] = {'train_seconds': round(t.info['seconds'], 1),
+                      'final_loss': t.info['final_E'],
+                      'final_update_norm': t.info['final_update_norm']}
     t0 = time.perf_counter()
-    out = predict(method, state, x_test, k_eval, config)         # (N, K, S, S, C)
+    out = predict(method, t, x_test, k_eval, config)             # (N, K, S, S, C)
     outputs[method] = out
     if method != 'cgml':
       recovery[method] = band_errors(out[:, 0], y_test, region, l_max, bands)
@@ -547,8 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              'region_fraction_of_valid': float(
                                  region.sum() / (valid_image(l_max).sum() * len(region)))},
          'recovery': recovery, 'reconstruction_map': rmap, 'classification': classification,
-         'timing': {**timing, 'probe_seconds': round(probe_seconds, 1)},
-         'modelnet40': 'not available offline; not run'}
+         'timing': {**timing, 'probe_seconds': round(probe_seconds, 1)}}
   writer.close()
   if not parallel.is_primary():
     return out

@@ -22,9 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, regression
-from cgml_jax.training import loop, optim, parallel
+from cgml_jax import cgml
+from cgml_jax.tasks import methods as methods_lib
+from cgml_jax.training import parallel
 from cgml_jax.training import workdir as workdir_lib
+from cgml_jax.data.arrays import BatchIterator
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
 
 METHODS = ('l1', 'cgml_no_rho', 'cgml')
@@ -55,57 +57,6 @@ def make_dataset(key: jax.Array, n: int, modes: np.ndarray) -> dict[str, np.ndar
   mode = np.asarray(jax.random.randint(ks, (n,), 0, len(modes)))
   y = branches(x, modes)[np.arange(n), mode]
   return {'x': x, 'y': y.astype(np.float32), 'mode': mode, 'index': np.arange(n)}
-
-
-class BatchIterator:
-  """Endless shuffled batches (a fresh permutation every epoch), checkpointable.
-
-  The order is that of `np.random.default_rng(seed)` drawing one permutation per epoch.
-  `get_state()` is {'epoch', 'position'}; `set_state` redraws the permutations up to that
-  epoch, so a restored iterator continues with exactly the batches the original would have
-  produced. With several processes each takes its contiguous slice of every global batch
-  (process order = device order of the `data` mesh), so the global batch is the same for
-  any process count.
-  """
-
-  def __init__(self, data: dict, batch_size: int, seed: int, process_index: int = 0,
-               process_count: int = 1):
-    n = len(data['x'])
-    if batch_size > n:
-      raise ValueError(f'batch_size {batch_size} exceeds num_train {n}')
-    if batch_size % process_count:
-      raise ValueError(f'batch_size {batch_size} does not split over {process_count} processes')
-    self.data, self.batch_size, self.seed = data, batch_size, seed
-    self.local = batch_size // process_count
-    self.offset = process_index * self.local
-    self.per_epoch = n // batch_size
-    self.set_state({'epoch': 0, 'position': 0})
-
-  def get_state(self) -> dict:
-    return {'epoch': self.epoch, 'position': self.position}
-
-  def set_state(self, state: dict):
-    self.epoch, self.position = int(state['epoch']), int(state['position'])
-    self._rng = np.random.default_rng(self.seed)
-    for _ in range(self.epoch + 1):
-      self._perm = self._rng.permutation(len(self.data['x']))
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    if self.position == self.per_epoch:
-      self.epoch, self.position = self.epoch + 1, 0
-      self._perm = self._rng.permutation(len(self.data['x']))
-    start = self.position * self.batch_size + self.offset
-    idx = self._perm[start:start + self.local]
-    self.position += 1
-    return {'x': self.data['x'][idx], 'y': self.data['y'][idx], 'index': self.data['index'][idx]}
-
-
-def batch_iterator(data: dict, batch_size: int, seed: int) -> BatchIterator:
-  """Endless shuffled batches of the whole batch on one process (see `BatchIterator`)."""
-  return BatchIterator(data, batch_size, seed)
 
 
 def evaluate_samples(x: np.ndarray, samples: np.ndarray, modes: np.ndarray,
@@ -141,52 +92,31 @@ def _models(config, z_dim: int):
 
 
 
-def train_method(method: str, config, data: dict, key: jax.Array, workdir: str | None = None,
-                 writer=None):
-  """Trains one of METHODS on `data`; returns (state, history, seconds).
-
-  With a `workdir`, checkpoints go to `workdir/checkpoints/<method>` and training resumes
-  from there; a method whose final checkpoint exists is restored, not retrained.
-  """
-  if method not in METHODS:
-    raise ValueError(f'unknown toy method {method!r}; expected one of {METHODS}')
-  k_init, k_train = jax.random.split(key)
-  enc, gen, lat = _models(config, config.model.z_dim)
-  x0 = jnp.asarray(data['x'][:config.data.batch_size])
-  tx_hg = optim.from_config(config.train, config.train.lr)
-  if method == 'l1':
-    state = regression.RegressionState.create(k_init, x0, encoder=enc, generator=gen, tx=tx_hg)
-    step_fn = regression.train_step
-  else:
-    tx_lat = optim.from_config(config.train, config.train.lr_latent)
-    hp = cgml.Hyper(z_dim=config.model.z_dim, step_size=config.latent.step_size,
-                    alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
-                    use_momentum=(method == 'cgml') and config.latent.use_momentum,
-                    generator_update=config.train.generator_update,
-                    latent_init=config.latent.init, clip_step=config.latent.clip_step,
-                    step_size_decay=config.latent.step_size_decay,
-                    unroll=config.train.unroll)
-    state = cgml.CGMLState.create(k_init, x0, encoder=enc, generator=gen, latent_net=lat,
-                                  tx_hg=tx_hg, tx_latent=tx_lat, hp=hp,
-                                  num_examples=len(data['x']))
-    step_fn = cgml.train_step
+def method_context(config, data: dict, workdir: str | None = None,
+                   writer=None) -> methods_lib.Context:
+  """The registry's view of the toy (`cgml_jax.tasks.methods.Context`)."""
   mesh = parallel.make_mesh()
   parallel.process_batch_size(config.data.batch_size, mesh)  # fails early if uneven
-  batches = BatchIterator(data, config.data.batch_size, config.seed,
-                          jax.process_index(), jax.process_count())
-  return workdir_lib.fit_method(state, step_fn, batches, config, workdir, method,
-                                f'toy/{method}', k_train, writer=writer,
-                                mesh=mesh)
+  return methods_lib.Context(
+      name='toy', config=config, models=lambda cfg, out: _models(cfg, cfg.model.z_dim),
+      loss_fn=cgml.l1_error, example={k: v[:config.data.batch_size] for k, v in data.items()},
+      batches=lambda: BatchIterator(data, config.data.batch_size, config.seed,
+                                    jax.process_index(), jax.process_count()),
+      num_examples=len(data['x']), workdir=workdir, writer=writer)
 
 
-def sample_method(method: str, state, x: np.ndarray, key: jax.Array, config):
+def train_method(method: str, config, data: dict, key: jax.Array, workdir: str | None = None,
+                 writer=None) -> methods_lib.Trained:
+  """Trains one of METHODS on `data` (checkpointed and resumed under `workdir`)."""
+  if method not in METHODS:
+    raise ValueError(f'unknown toy method {method!r}; expected one of {METHODS}')
+  return methods_lib.train(method, method_context(config, data, workdir, writer), key)
+
+
+def sample_method(trained: methods_lib.Trained, x: np.ndarray, key: jax.Array, config):
   """(N, K, 3) samples; for 'l1' the one prediction repeated K times."""
-  k = config.eval.num_samples
-  if method == 'l1':
-    y = np.asarray(jax.jit(regression.predict)(state, jnp.asarray(x)))
-    return np.repeat(y[:, None], k, axis=1)
-  fn = jax.jit(cgml.sample, static_argnums=(3, 4))
-  return np.asarray(fn(state, jnp.asarray(x), key, k, config.latent.traverse_steps))
+  fn = jax.jit(trained.sample_fn, static_argnums=3)
+  return np.asarray(fn(trained.state, jnp.asarray(x), key, int(config.eval.num_samples)))
 
 
 def rho_map(state, x: np.ndarray, key: jax.Array, num_samples: int, num_steps: int):
@@ -289,20 +219,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = make_dataset(k_train, config.data.num_train, modes)
   test = make_dataset(k_test, config.data.num_test, modes)
   tau = config.eval.tau_frac * float(np.abs(modes).max())
-  results, samples, rho, states = {}, {}, None, {}
-  for i, method in enumerate(config.methods):
-    state, history, seconds = train_method(method, config, data,
-                                           jax.random.fold_in(k_models, i), workdir, writer)
-    s = sample_method(method, state, test['x'], k_eval, config)
+  ctx = method_context(config, data, workdir, writer)
+  trained = methods_lib.train_all(ctx, k_models)
+  results, samples, rho = {}, {}, None
+  for method, t in trained.items():
+    s = sample_method(t, test['x'], k_eval, config)
     samples[method] = s
     if config.logging.images:
       writer.write_images(config.train.steps, {f'toy/{method}/samples':
                                                samples_image(test['x'], s, modes)})
     results[method] = {**evaluate_samples(test['x'], s, modes, tau),
-                       'train_seconds': round(seconds, 2), 'final_E': history[-1]['E'],
-                       'final_update_norm': loop.last_update_norms(history)}
+                       'train_seconds': t.info['seconds'], 'final_E': t.info['final_E'],
+                       'final_update_norm': t.info['final_update_norm']}
     if method == 'cgml':
-      rho = rho_map(state, test['x'], k_eval, config.eval.num_samples,
+      rho = rho_map(t.state, test['x'], k_eval, config.eval.num_samples,
                     config.latent.traverse_steps)
     print(f'[toy/{method}] ' + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                            for k, v in results[method].items()}), flush=True)

@@ -85,3 +85,22 @@ def save_png(path: str | os.PathLike, image: np.ndarray, scale: int = 1):
   if scale > 1:
     image = image.repeat(scale, axis=0).repeat(scale, axis=1)
   Image.fromarray(image).save(path)
+
+
+def plot_curves(path: str, curves: dict, target: float):
+  """curves.png: probe E vs. step per method (paper Fig. 18 analogue)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+  for method, (steps, values) in curves.items():
+    ax.plot(steps, values, marker='.', label=method)
+  ax.axhline(target, color='grey', ls='--', lw=0.8, label='target')
+  ax.set_xlabel('training step (batches)')
+  ax.set_ylabel('probe error E (best of samples)')
+  ax.set_yscale('log')
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

@@ -76,14 +76,6 @@ class Progress:
             f'ETA {format_eta(eta)}', file=self.stream or sys.stdout, flush=True)
 
 
-def check_finite(metrics: dict[str, Any], step: int, name: str = 'train'):
-  """Raises `NonFiniteError` naming `step` if any metric is NaN or Inf."""
-  bad = {k: float(v) for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))}
-  if bad:
-    raise NonFiniteError(f'[{name}] non-finite value at step {step}: {bad}. Training stopped; '
-                         'lower the learning rates or beta, or enable gradient clipping.')
-
-
 def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.inexact)]

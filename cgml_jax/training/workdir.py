@@ -31,11 +31,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
 
 
 def fit_method(state, step_fn, batches, config: ml_collections.ConfigDict, workdir: str | None,
-               method: str, name: str, key, *, writer=None, mesh=None):
-  """`loop.fit` for `config.train.steps` with checkpoints in `workdir/checkpoints/<method>`.
+               method: str, name: str, key, *, num_steps: int | None = None, writer=None,
+               mesh=None, extra_metrics=None, history_every: int | None = None):
+  """`loop.fit` with checkpoints in `workdir/checkpoints/<method>`.
 
   Besides the step's own metrics it logs the learning rates that the optimisers applied
-  (read from their states, `optim.learning_rates`).
+  (read from their states, `optim.learning_rates`) and whatever `extra_metrics(state)`
+  returns.
+
+  Args:
+    num_steps: batches to train for (default `config.train.steps`).
 
   Returns:
     (state gathered to the host, metric history, wall seconds).
@@ -45,11 +50,19 @@ def fit_method(state, step_fn, batches, config: ml_collections.ConfigDict, workd
     c = config.checkpoint
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints', method), every=c.every,
                                    keep=c.keep, async_save=c.async_save)
+
+  def logged(s):
+    out = dict(optim.learning_rates(s.opt_state))
+    if extra_metrics is not None:
+      out.update(extra_metrics(s))
+    return out
+
   t0 = time.perf_counter()
   try:
-    state, history = loop.fit(state, step_fn, batches, num_steps=config.train.steps, key=key,
-                              log_every=config.train.log_every, name=name,
-                              extra_metrics=lambda s: optim.learning_rates(s.opt_state),
+    state, history = loop.fit(state, step_fn, batches,
+                              num_steps=config.train.steps if num_steps is None else num_steps,
+                              key=key, log_every=config.train.log_every, name=name,
+                              extra_metrics=logged, history_every=history_every,
                               checkpointer=ckpt, writer=writer, mesh=mesh)
   finally:
     if ckpt is not None:

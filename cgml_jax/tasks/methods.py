@@ -1,0 +1,262 @@
+r"""Every method a task can train, by name: one registry, one way to build and train them.
+
+  name              state / step / sampler                       K at evaluation
+  l1                regression.RegressionState / train_step      1 (deterministic)
+  cgml              cgml.CGMLState / train_step / sample (Eq. 4) eval.num_samples
+  cgml_no_rho       as cgml with use_momentum=False ("w/o rho")  eval.num_samples
+  context_encoder   peers: 0.999 masked L2 + 0.001 adversarial   1 (no noise)
+  pix2pix           peers: NS-GAN + gan.recon_weight * E         eval.num_samples
+  basisgan          as pix2pix, G with BasisConvs                eval.num_samples
+  mrgan             peers: predictor (MLMM losses) then MR-GAN   eval.num_samples
+  <gan>+dsgan, <gan>+msgan   pix2pix, basisgan, mrgan with that diversity term
+
+A task describes its models and data once in a `Context`; `build(name, ctx)` returns a
+`Built` (initial state, jit-able step, sampler), `train(name, ctx, key)` trains it for
+`config.train.steps` batches with checkpoints and resume, and `hyper(config, method)` is
+the one place where a config becomes `cgml.Hyper`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cgml_jax import cgml, regression
+from cgml_jax.peers import basisgan as basis_lib
+from cgml_jax.peers import gan as gan_lib
+from cgml_jax.peers import methods as peers
+from cgml_jax.peers import mrgan as mr_lib
+from cgml_jax.training import loop, optim
+from cgml_jax.training import workdir as workdir_lib
+
+BASE_METHODS = ('l1', 'cgml', 'cgml_no_rho', 'context_encoder', 'pix2pix', 'basisgan',
+                'mrgan')
+DETERMINISTIC = ('l1', 'context_encoder')
+DIVERSITY_TERMS = ('dsgan', 'msgan')
+DIVERSITY_OK = ('pix2pix', 'basisgan', 'mrgan')
+
+
+def parse(name: str) -> tuple[str, str | None]:
+  """'pix2pix+msgan' -> ('pix2pix', 'msgan'); raises naming the allowed values."""
+  base, _, extra = name.partition('+')
+  if base not in BASE_METHODS:
+    raise ValueError(f'unknown method {name!r}; expected one of {BASE_METHODS} '
+                     f'(optionally +dsgan / +msgan on {DIVERSITY_OK})')
+  if extra:
+    if extra not in DIVERSITY_TERMS or base not in DIVERSITY_OK:
+      raise ValueError(f'unknown method {name!r}: +dsgan / +msgan go on {DIVERSITY_OK}')
+    return base, extra
+  return base, None
+
+
+def is_deterministic(name: str) -> bool:
+  """True for methods with one output per input (evaluated with K = 1)."""
+  return parse(name)[0] in DETERMINISTIC
+
+
+def hyper(config: ml_collections.ConfigDict, method: str = 'cgml') -> cgml.Hyper:
+  """`cgml.Hyper` of a config's latent, train and model blocks (see cgml_jax.configs)."""
+  lat, t = config.latent, config.train
+  return cgml.Hyper(
+      z_dim=int(config.model.z_dim), step_size=lat.step_size, alpha=lat.alpha,
+      inner_steps=t.inner_steps,
+      use_momentum=lat.use_momentum and parse(method)[0] != 'cgml_no_rho',
+      generator_update=t.generator_update, latent_init=lat.init, clip_step=lat.clip_step,
+      step_size_decay=lat.step_size_decay, unroll=t.unroll)
+
+
+@dataclasses.dataclass
+class Context:
+  """What the registry needs to know of a task.
+
+  Attributes:
+    name: task name (console prefix, metric names).
+    config: the experiment config.
+    models: (config, out_channels or None) -> (H, G, Z) modules; out_channels overrides
+      the task's (MR-GAN's predictor outputs a centre and a log-dispersion per channel).
+    loss_fn: E, (y_hat, batch) -> (B,) per-example errors.
+    example: one training batch {'x', 'y', ...} (shapes and dtypes for initialisation).
+    batches: () -> a fresh iterator of training batches (checkpointable if it has
+      get_state/set_state).
+    num_examples: size of the training set (the persistent z table), if known.
+    discriminator: kind ('patch' or 'context_encoder') -> D module.
+    basis_generator: (H, example x) -> BasisGAN's G, for tasks that offer it.
+    rbg_keys: draw initial parameters from an RBG key (compiles much faster on CPU for
+      conv nets; parameters are still a deterministic function of the seed).
+    workdir, writer: where checkpoints and metrics go (None: no checkpoints).
+    step_wrapper: optional step_fn -> step_fn applied to every method's step (e.g. a
+      corruption drawn inside the jitted step).
+    extra_metrics: optional (name, sample_fn) -> (state -> dict) traced into every step
+      (e.g. budget curves).
+  """
+  name: str
+  config: ml_collections.ConfigDict
+  models: Callable[[Any, int | None], tuple]
+  loss_fn: Callable
+  example: dict
+  batches: Callable[[], Iterator[dict]]
+  num_examples: int | None = None
+  discriminator: Callable[[str], Any] | None = None
+  basis_generator: Callable | None = None
+  rbg_keys: bool = False
+  workdir: str | None = None
+  writer: Any = None
+  step_wrapper: Callable | None = None
+  extra_metrics: Callable | None = None
+
+
+@dataclasses.dataclass
+class Built:
+  """A method ready to train: state, jit-able step, sampler (state, x, key, K) -> (B, K, ...)."""
+  state: Any
+  step_fn: Callable
+  sample_fn: Callable
+  info: dict = dataclasses.field(default_factory=dict)
+
+
+def rbg_key(key: jax.Array) -> jax.Array:
+  """An RBG key drawn from `key`: XLA:CPU compiles threefry-based initialisers of many
+  kernel shapes slowly; parameters only need to be a deterministic function of the seed,
+  which RBG keys are on a given backend."""
+  return jax.random.key(int(jax.random.randint(key, (), 0, 2**31 - 1)), impl='unsafe_rbg')
+
+
+def _key(ctx: Context, key):
+  return rbg_key(key) if ctx.rbg_keys else key
+
+
+def _gan_optimizer(config, lr=None):
+  return peers.adam_gan_optimizer(config.gan.lr if lr is None else lr)
+
+
+def _div_weight(config):
+  w = config.gan.diversity_weight
+  return None if w is None or w < 0 else float(w)
+
+
+def build(name: str, ctx: Context, key: jax.Array) -> Built:
+  """The initial state, step and sampler of method `name` (see the module docstring).
+
+  For 'mrgan' with an MLMM loss this trains the predictor first (checkpointed as
+  `<name>_predictor`); `info` then holds its steps and seconds.
+  """
+  base, extra = parse(name)
+  config = ctx.config
+  x, y = jnp.asarray(ctx.example['x']), jnp.asarray(ctx.example['y'])
+  key = _key(ctx, key)
+  enc, gen, lat = ctx.models(config, None)
+  tx_hg = optim.from_config(config.train, config.train.lr)
+  if base == 'l1':
+    state = regression.RegressionState.create(key, x, encoder=enc, generator=gen, tx=tx_hg,
+                                              loss_fn=ctx.loss_fn)
+    return Built(state, regression.train_step, peers.l1_sample)
+  if base in ('cgml', 'cgml_no_rho'):
+    hp = hyper(config, name)
+    tx_lat = optim.from_config(config.train, config.train.lr_latent)
+    state = cgml.CGMLState.create(key, x, encoder=enc, generator=gen, latent_net=lat,
+                                  tx_hg=tx_hg, tx_latent=tx_lat, hp=hp, loss_fn=ctx.loss_fn,
+                                  num_examples=ctx.num_examples)
+    t = int(config.latent.traverse_steps)
+    return Built(state, cgml.train_step, lambda s, x, k, n: cgml.sample(s, x, k, n, t))
+  if 'gan' not in config:
+    raise ValueError(f'method {name!r} needs the peer fields (cgml_jax.configs.'
+                     'add_peer_fields) in the config')
+  if ctx.discriminator is None:
+    raise ValueError(f'task {ctx.name!r} does not offer the GAN peers (no discriminator)')
+  g = config.gan
+  if base == 'context_encoder':
+    tx = _gan_optimizer(config)
+    state = peers.context_encoder_state(key, x, y, encoder=enc, generator=gen,
+                                        disc=ctx.discriminator('context_encoder'),
+                                        tx_g=tx, tx_d=tx)
+    return Built(state, peers.gan_step, peers.gan_sample)
+  disc = ctx.discriminator('patch')
+  z_dim = int(config.model.z_dim)
+  if base in ('pix2pix', 'basisgan'):
+    if base == 'basisgan':
+      if ctx.basis_generator is None:
+        raise ValueError(f'task {ctx.name!r} does not offer basisgan')
+      gen = ctx.basis_generator(enc, x)
+    hp = peers.GANHyper(z_dim=z_dim, recon_weight=g.recon_weight, diversity=extra,
+                        diversity_weight=_div_weight(config))
+    tx = _gan_optimizer(config)
+    state = peers.pix2pix_state(key, x, y, encoder=enc, generator=gen, disc=disc, hp=hp,
+                                tx_g=tx, tx_d=tx, recon_fn=ctx.loss_fn)
+    return Built(state, peers.gan_step, peers.gan_sample)
+  # MR-GAN.
+  m = config.mrgan
+  k_pred, k_gan = jax.random.split(key)
+  tx = mr_lib.optimizer(m.lr)
+  pred_state, info = None, {}
+  if m.loss in mr_lib.PREDICTOR_LOSSES:
+    # P's G has no output activation: the task's activation goes on the centre only, the
+    # log-dispersion stays unbounded (mrgan.Predictor).
+    p_config = config.copy_and_resolve_references()
+    p_config.model.out_activation = 'none'
+    p_enc, p_gen, _ = ctx.models(p_config, 2 * int(y.shape[-1]))
+    predictor = mr_lib.Predictor(p_enc, p_gen, centre_activation=config.model.out_activation)
+    pred_state = peers.PredictorState.create(k_pred, x, predictor=predictor, dist=m.dist,
+                                             tx=tx)
+    t0 = time.perf_counter()
+    pred_state, _, _ = fit(f'{name}_predictor', pred_state, peers.predictor_step, ctx,
+                           m.predictor_steps, jax.random.fold_in(k_pred, 1))
+    info = {'predictor_steps': int(m.predictor_steps),
+            'predictor_seconds': round(time.perf_counter() - t0, 2)}
+  hp = peers.MRHyper(z_dim=z_dim, loss=m.loss, dist=m.dist, num_samples=m.num_samples,
+                     mr_weight=m.mr_weight, diversity=extra,
+                     diversity_weight=_div_weight(config))
+  state = peers.MRGANState.create(k_gan, x, y, encoder=enc, generator=gen, disc=disc, hp=hp,
+                                  predictor_state=pred_state, tx_g=tx, tx_d=tx)
+  return Built(state, peers.mrgan_step, peers.mrgan_sample, info)
+
+
+def fit(name: str, state, step_fn, ctx: Context, num_steps: int, key, extra_metrics=None):
+  """`num_steps` batches of `step_fn` from `ctx.batches()`, checkpointed under
+  `checkpoints/<name>` (resumed from there); returns (state, history, seconds)."""
+  if ctx.step_wrapper is not None:
+    step_fn = ctx.step_wrapper(step_fn)
+  curves = ctx.config.get('compare')
+  return workdir_lib.fit_method(state, step_fn, ctx.batches(), ctx.config, ctx.workdir,
+                                name.replace('+', '_'), f'{ctx.name}/{name}', key,
+                                num_steps=num_steps, writer=ctx.writer,
+                                extra_metrics=extra_metrics,
+                                history_every=curves.curve_every if curves else None)
+
+
+@dataclasses.dataclass
+class Trained:
+  """A trained method: final state, its sampler, and what training recorded."""
+  state: Any
+  sample_fn: Callable
+  history: list
+  info: dict
+
+
+def train(name: str, ctx: Context, key: jax.Array) -> Trained:
+  """Builds method `name` and trains it for `config.train.steps` batches (resumable)."""
+  k_init, k_train = jax.random.split(key)
+  built = build(name, ctx, k_init)
+  extra = ctx.extra_metrics(name, built.sample_fn) if ctx.extra_metrics else None
+  state, history, seconds = fit(name, built.state, built.step_fn, ctx,
+                                int(ctx.config.train.steps), k_train, extra_metrics=extra)
+  p_steps = built.info.get('predictor_steps')
+  info = {'seconds': round(seconds + built.info.get('predictor_seconds', 0.0), 2),
+          'steps': (f'{ctx.config.train.steps}+{p_steps}' if p_steps
+                    else int(ctx.config.train.steps)),
+          'final_E': history[-1].get('E', history[-1].get('g_loss')) if history else None,
+          'final_update_norm': loop.last_update_norms(history), **built.info}
+  return Trained(state, built.sample_fn, history, info)
+
+
+def train_all(ctx: Context, key: jax.Array) -> dict[str, Trained]:
+  """Every method of `config.methods`, in order, with the same budget; method i trains
+  with `fold_in(key, i)`."""
+  for name in ctx.config.methods:
+    parse(name)  # every name checked before anything trains
+  return {name: train(name, ctx, jax.random.fold_in(key, i))
+          for i, name in enumerate(ctx.config.methods)}

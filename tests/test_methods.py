@@ -1,0 +1,137 @@
+"""The methods registry and the one experiment driver: names, Hyper from any config, the
+tables, and each comparison config's smoke mode end to end through the real launcher
+entry point (tiny images, 2-3 methods, 4 steps)."""
+
+import importlib
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cgml_jax import cgml, configs, train
+from cgml_jax.tasks import image, representation
+from cgml_jax.tasks import methods as methods_lib
+
+
+def test_parse_method_and_variants():
+  assert methods_lib.parse('cgml') == ('cgml', None)
+  assert methods_lib.parse('pix2pix+msgan') == ('pix2pix', 'msgan')
+  assert methods_lib.parse('mrgan+dsgan') == ('mrgan', 'dsgan')
+  for bad in ('vae', 'l1+msgan', 'pix2pix+foo', 'cgml+dsgan'):
+    with pytest.raises(ValueError, match='method'):
+      methods_lib.parse(bad)
+  assert methods_lib.is_deterministic('l1') and methods_lib.is_deterministic('context_encoder')
+  assert not methods_lib.is_deterministic('pix2pix+dsgan')
+
+
+@pytest.mark.parametrize('name', ['toy', 'colorize', 'complete', 'translate',
+                                  'mnist_corrupted', 'spectral3d'])
+def test_every_latent_option_works_on_every_task(name):
+  """One Hyper builder: the latent and train options of Algorithm 1 reach cgml.Hyper from
+  every task's config (--config.latent.clip_step=True and friends)."""
+  config = importlib.import_module(f'experiments.{name}').get_config('smoke')
+  config.latent.clip_step = True
+  config.latent.step_size_decay = 0.5
+  config.latent.init = 'persistent'
+  config.train.unroll = False
+  config.train.generator_update = 'last'
+  hp = methods_lib.hyper(config, 'cgml')
+  assert hp == cgml.Hyper(z_dim=config.model.z_dim, step_size=config.latent.step_size,
+                          alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
+                          use_momentum=True, generator_update='last', latent_init='persistent',
+                          clip_step=True, step_size_decay=0.5, unroll=False)
+  assert not methods_lib.hyper(config, 'cgml_no_rho').use_momentum
+
+
+def test_config_variants_parse_like_big_vision():
+  a = configs.parse_arg('smoke,seed=2,name=x', smoke=False, seed=0, name='', box=False)
+  assert (a.smoke, a.seed, a.name, a.box) == (True, 2, 'x', False)
+  with pytest.raises(ValueError, match="unknown config argument 'smok'"):
+    configs.parse_arg('smok', smoke=False)
+  with pytest.raises(ValueError, match='expected a int'):
+    configs.parse_arg('seed=two', seed=0)
+  with pytest.raises(ValueError, match='unknown config argument'):
+    importlib.import_module('experiments.colorize').get_config('paper_scale')
+
+
+def test_markdown_from_a_hand_made_result():
+  results = {'task': 't', 'dataset': 'd', 'image_size': 8, 'num_samples': 2,
+             'train_steps': 10, 'batch_size': 4, 'target_error': 0.5, 'probe_size': 2,
+             'curve_samples': 2, 'curve_every': 5,
+             'train': {'l1': {'seconds': 1.0, 'steps': 10, 'steps_to_target': 5,
+                              'final_probe_E': 0.4},
+                       'mrgan': {'seconds': 2.0, 'steps': '10+3', 'steps_to_target': '',
+                                 'final_probe_E': 0.7}},
+             'eval': {'test': {'l1': {'psnr_mean': 20.0, 'E_best': 0.1},
+                               'mrgan': {'psnr_mean': 18.0, 'E_best': 0.2}}}}
+  md = image.markdown(results)
+  assert '| l1 | 20 | 0.1 | 1 | 10 | 5 | 0.4 |' in md
+  assert '| mrgan | 18 | 0.2 | 2 | 10+3 |  | 0.7 |' in md
+  assert 'lpips_mean' not in md            # columns nobody has are left out
+
+
+@pytest.mark.parametrize('name', ['compare_mnist', 'compare_facades'])
+def test_smoke_comparison_end_to_end(name, tmp_path):
+  config = importlib.import_module(f'experiments.{name}').get_config('smoke')
+  workdir = str(tmp_path)
+  results = train.train_and_evaluate(config, workdir)
+  methods = list(config.methods)
+  for f in ('metrics.json', 'metrics.md', 'curves.png', 'samples_test.png'):
+    assert os.path.getsize(os.path.join(workdir, f)) > 0, f
+  md = open(os.path.join(workdir, 'metrics.md')).read()
+  assert all(f'| {m} |' in md for m in methods)
+  for m in methods:
+    t = results['train'][m]
+    assert t['curve']['step'] == [2, 4] and len(t['curve']['probe_E']) == 2
+    assert np.isfinite(t['final_probe_E'])
+    assert os.path.isdir(os.path.join(workdir, 'checkpoints', m.replace('+', '_')))
+    # every optimiser of every method still moves at the last step
+    assert t['final_update_norm'] and min(t['final_update_norm'].values()) > 0, m
+  ev = results['eval']['test']
+  assert ev['l1']['pixel_diversity'] == 0.0 and ev['l1']['num_samples'] == 1
+  stochastic = [m for m in methods if m != 'l1']
+  assert all(ev[m]['num_samples'] == config.eval.num_samples for m in stochastic)
+  if 'mrgan' in methods:
+    assert results['train']['mrgan']['steps'] == f'{config.train.steps}+2'
+  with open(os.path.join(workdir, 'metrics.json')) as f:
+    saved = json.load(f)
+  assert saved['methods'] == methods and saved['provenance']['config']['methods'] == methods
+
+
+def test_probe_preprocess_maps_images_to_the_task_inputs():
+  rgb = np.zeros((2, 32, 32, 3), np.uint8)
+  rgb[..., 0] = 255                                        # pure red
+  x = np.asarray(representation.probe_preprocess(28, 2)(rgb))  # mnist_corrupted: grey + mask
+  assert x.shape == (2, 28, 28, 2)
+  np.testing.assert_allclose(x[..., 0], 0.299 * 2 - 1, atol=1e-5)
+  assert np.all(x[..., 1] == 0)                             # empty mask: nothing missing
+  x = np.asarray(representation.probe_preprocess(64, 3)(rgb))  # translate: RGB, resized
+  assert x.shape == (2, 64, 64, 3)
+  np.testing.assert_allclose(x[0, 5, 5], [1, -1, -1], atol=1e-5)
+
+
+def test_representation_probe_rows_and_table(tmp_path, data_dir):
+  config = importlib.import_module('experiments.compare_mnist').get_config('smoke')
+  config.probe.datasets = ('cifar10',)
+  config.probe.train_per_class, config.probe.test_per_class = 6, 3
+  config.probe.steps, config.probe.batch_size = 10, 16
+  from cgml_jax.tasks import mnist_corrupted
+  ctx = image.method_context(mnist_corrupted.TASK, config)
+  built = methods_lib.build('l1', ctx, jax.random.key(0))
+  trained = {'l1': methods_lib.Trained(built.state, built.sample_fn, [], {})}
+  out = representation.probe(mnist_corrupted.TASK, config, trained,
+                             jax.random.key(1))['cifar10']
+  assert set(out['results']) == {'l1', 'untrained_encoder'}
+  for r in out['results'].values():
+    assert r['num_train'] == 60 and r['num_test'] == 30 and 0.0 <= r['test_acc'] <= 1.0
+  assert "split 'train': first 6 of each class (60 images, 10 classes)" in out['train_rows']
+  # Trained and untrained H give different features, so the probes are not copies.
+  assert out['results']['l1'] != out['results']['untrained_encoder']
+  results = {'task': 't', 'dataset': 'd', 'image_size': 8, 'num_samples': 2,
+             'train_steps': 10, 'batch_size': 4,
+             'train': {'l1': {'seconds': 1.0, 'steps': 10}},
+             'eval': {'test': {'l1': {'psnr_mean': 20.0}}}, 'probe': {'cifar10': out}}
+  acc = out['results']['l1']['test_acc']
+  assert f'| l1 | 20 | 1 | 10 | {acc:.4g} |' in image.markdown(results)
