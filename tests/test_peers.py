@@ -179,6 +179,28 @@ def test_dsgan_and_msgan_match_numpy():
     assert float(hi) < float(lo), kind
 
 
+def test_dsgan_gradient_reaches_g_through_the_first_sample_only():
+  # B = 1, three pixels: |y1 - y2| = (1, 3, 1), mean 5/3; |z1 - z2| = (1, 3), mean 2.
+  # loss = -8 * (5/3) / (2 + 1e-5); d/dy1 = -8 * sign(y1 - y2) / (3 * (2 + 1e-5)),
+  # with sign(y1 - y2) = (+1, -1, -1); y2 is detached as in the released code.
+  y1 = jnp.asarray([[1.0, -2.0, 0.5]])
+  y2 = jnp.asarray([[0.0, 1.0, 1.5]])
+  z1, z2 = jnp.asarray([[0.0, 0.0]]), jnp.asarray([[1.0, 3.0]])
+  denom = 2.0 + 1e-5
+  hand_g1 = -8.0 * np.array([[1.0, -1.0, -1.0]]) / (3 * denom)
+  for fn in (lambda a, b: diversity.dsgan_loss(a, b, z1, z2),
+             lambda a, b: diversity.diversity_loss('dsgan', a, b, z1, z2)):
+    v, (g1, g2) = jax.value_and_grad(fn, argnums=(0, 1))(y1, y2)
+    np.testing.assert_allclose(float(v), -8.0 * (5 / 3) / denom, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g1), hand_g1, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(g2), np.zeros((1, 3)))
+  # The literal Eq. 3 reading, kept as an option: the mirror gradient on y2 as well.
+  g1, g2 = jax.grad(lambda a, b: diversity.dsgan_loss(a, b, z1, z2, detach_second=False),
+                    argnums=(0, 1))(y1, y2)
+  np.testing.assert_allclose(np.asarray(g1), hand_g1, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(g2), -hand_g1, rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------
 # GAN losses and discriminators.
 
