@@ -39,7 +39,7 @@ def _np_gaussian(name, s, y, pm, plv):
 
 
 def _np_laplace(name, s, y, pm, pls):
-  med = np.median(s, axis=1)
+  med = np.sort(s, axis=1)[:, (s.shape[1] - 1) // 2]   # lower middle value, as torch.median
   mad = np.abs(s - med[:, None]).mean(1)
   per_pixel = {
       'mcmle1': np.abs(y - med),
@@ -50,7 +50,7 @@ def _np_laplace(name, s, y, pm, pls):
   return per_pixel.reshape(len(s), -1).mean(1)
 
 
-@pytest.mark.parametrize('num_samples', [4, 5])   # even K: median of the two middle ones
+@pytest.mark.parametrize('num_samples', [4, 5])   # even K: the lower of the two middle ones
 @pytest.mark.parametrize('dist', mrgan.DISTRIBUTIONS)
 @pytest.mark.parametrize('name', mrgan.LOSSES)
 def test_mr_losses_match_numpy(name, dist, num_samples):
@@ -81,6 +81,51 @@ def test_laplace_detached_target_moves_every_sample():
   g2 = jax.jit(jax.grad(lambda s: mrgan.mcmle1_laplace(s, y).sum()))(s)
   np.testing.assert_allclose(np.asarray(g2),
                              np.broadcast_to(np.sign(med - y) / (k * n), (1, k, n)), rtol=1e-5)
+
+
+def test_laplace_even_k_uses_the_lower_median_and_its_gradient_sign():
+  # One pixel, K = 4, samples {0, 1, 3, 4} (shuffled), y = 1.2 between the middle two.
+  # Released code (torch.median): m = 1; numpy's convention: m = (1 + 3) / 2 = 2.
+  # b = mean |s - m| = 6 / 4 = 1.5 for both; y~bar = 2.
+  # MCMLE_1 = |y~bar - t| with t = sg(y~bar + y - m): value |y - m|, and each sample gets
+  # sign(m - y) / K: lower m = 1 < y gives -1/4 (samples pushed up, towards y);
+  # m = 2 > y gives +1/4 -- the opposite sign.
+  s = jnp.asarray([3.0, 0.0, 4.0, 1.0]).reshape(1, 4, 1)
+  y = jnp.asarray([[1.2]])
+  k, b = 4, 1.5
+  sorted_pos = np.array([2, 0, 3, 1])      # rank of each sample in s (0, 1, 3, 4 sorted)
+  np.testing.assert_allclose(mrgan.sample_median(s), [[1.0]])
+  np.testing.assert_allclose(mrgan.sample_median(s, 'mean'), [[2.0]])
+  np.testing.assert_allclose(mrgan.sample_median(s[:, :3]), [[3.0]])   # odd K: one middle
+
+  def grad(fn, **kw):
+    v, g = jax.value_and_grad(lambda s: fn(s, y, **kw).sum())(s)
+    return float(v), np.asarray(g).reshape(-1)
+
+  for median, m, sign in (('lower', 1.0, -1.0), ('mean', 2.0, 1.0)):
+    kw = {} if median == 'lower' else {'median': median}
+    v1, g1 = grad(mrgan.mcmle1_laplace, **kw)
+    np.testing.assert_allclose(v1, abs(1.2 - m), rtol=1e-6)
+    np.testing.assert_allclose(g1, np.full(4, sign / k), rtol=1e-6)
+    # MCMLE_1/2 = a / b + log b, a = |y~bar - t| (value |y - m|), gradient
+    #   da/ds_k / b + (1/b - a/b^2) db/ds_k,  da/ds_k = sign / K,
+    #   db/ds_k = (-1, -1, +1, +1) / 4 for the samples 0, 1, 3, 4 with either median
+    #   (b is flat between the middle two; with m = 1 the sample 1 gets -1/4 through m).
+    a = abs(1.2 - m)
+    db = np.array([-1.0, -1.0, 1.0, 1.0]) / 4
+    g12_sorted = (sign / k) / b + (1 / b - a / b ** 2) * db
+    v12, g12 = grad(mrgan.mcmle12_laplace, **kw)
+    np.testing.assert_allclose(v12, a / b + np.log(b), rtol=1e-6)
+    np.testing.assert_allclose(g12, g12_sorted[sorted_pos], rtol=1e-5)
+    # Default (released) median: every sample pushed up (-28/90, -2/90); numpy's: down.
+    assert np.all(np.sign(g12) == sign), (median, g12)
+  # The default is the released one, also through mr_loss.
+  g = jax.grad(lambda s: mrgan.mr_loss('mcmle12', 'laplace', s, y).sum())(s)
+  np.testing.assert_allclose(np.asarray(g).reshape(-1),
+                             (np.array([-28.0, -28.0, -2.0, -2.0]) / 90)[sorted_pos],
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match='median'):
+    mrgan.mr_loss('mcmle1', 'laplace', s, y, median='upper')
 
 
 def test_mlmm_does_not_train_the_predictor():
@@ -132,6 +177,28 @@ def test_dsgan_and_msgan_match_numpy():
     lo = diversity.diversity_loss(kind, y1, y1 + 0.1, z1, z2)
     hi = diversity.diversity_loss(kind, y1, y1 + 1.0, z1, z2)
     assert float(hi) < float(lo), kind
+
+
+def test_dsgan_gradient_reaches_g_through_the_first_sample_only():
+  # B = 1, three pixels: |y1 - y2| = (1, 3, 1), mean 5/3; |z1 - z2| = (1, 3), mean 2.
+  # loss = -8 * (5/3) / (2 + 1e-5); d/dy1 = -8 * sign(y1 - y2) / (3 * (2 + 1e-5)),
+  # with sign(y1 - y2) = (+1, -1, -1); y2 is detached as in the released code.
+  y1 = jnp.asarray([[1.0, -2.0, 0.5]])
+  y2 = jnp.asarray([[0.0, 1.0, 1.5]])
+  z1, z2 = jnp.asarray([[0.0, 0.0]]), jnp.asarray([[1.0, 3.0]])
+  denom = 2.0 + 1e-5
+  hand_g1 = -8.0 * np.array([[1.0, -1.0, -1.0]]) / (3 * denom)
+  for fn in (lambda a, b: diversity.dsgan_loss(a, b, z1, z2),
+             lambda a, b: diversity.diversity_loss('dsgan', a, b, z1, z2)):
+    v, (g1, g2) = jax.value_and_grad(fn, argnums=(0, 1))(y1, y2)
+    np.testing.assert_allclose(float(v), -8.0 * (5 / 3) / denom, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g1), hand_g1, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(g2), np.zeros((1, 3)))
+  # The literal Eq. 3 reading, kept as an option: the mirror gradient on y2 as well.
+  g1, g2 = jax.grad(lambda a, b: diversity.dsgan_loss(a, b, z1, z2, detach_second=False),
+                    argnums=(0, 1))(y1, y2)
+  np.testing.assert_allclose(np.asarray(g1), hand_g1, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(g2), -hand_g1, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -428,7 +495,9 @@ def test_mrgan_predictor_then_generator_steps():
       _key(1), batch['x'], batch['y'], encoder=TinyEncoder(),
       generator=TinyGenerator(), disc=gan.PatchDiscriminator(features=2, norm='none'),
       hp=hp, predictor_state=pst, tx_g=FAST, tx_d=FAST)
-  st, first, last = _run(methods.mrgan_step, st, batch, 8, 'mr')
+  # 12 steps: with the lower median (released code's) the MR value first rises for a few
+  # steps while the MSGAN and GAN terms spread the samples, then falls (0.38 -> 0.28).
+  st, first, last = _run(methods.mrgan_step, st, batch, 12, 'mr')
   assert last < 0.9 * first
   # The predictor is frozen: its variables are the ones it was trained to.
   jax.tree.map(np.testing.assert_array_equal, st.predictor_vars['params'], pst.params)

@@ -21,6 +21,15 @@ the *statistics* of K samples y~_1..y~_K = G(x, z_k) of the same input:
   with mu~ the sample mean and sigma~^2 the unbiased sample variance (Gaussian), or m~ the
   sample median and b~ = mean_k |y~_k - m~| the sample MAD (Laplace).
 
+Sample median for even K (the default K = 10 is even). The released code takes
+`samples.median(dim=1)`, which in PyTorch is the LOWER of the two middle values,
+m~ = y~_(K/2) in 1-based order statistics; that is the default here (`median='lower'`).
+numpy's convention, the mean of the two middle values, is kept as `median='mean'`. The
+choice matters: b~ and its gradient are the same either way (the mean absolute deviation
+is flat between the two middle values), but the detached target below moves by half the
+middle gap, and where y lies between the two middle samples the MCMLE (Laplace) gradient
+changes sign. For odd K the two agree.
+
 Laplace detached target. The median passes gradient to one sample only, so the paper
 (Laplace variant of the MR losses) moves the sample *mean* y~bar instead, towards the
 detached target
@@ -35,10 +44,19 @@ which has the same value of the loss as using m~ and a gradient that shifts all 
 Checked against the released code (github.com/soochan-lee/MR-GAN, commit 163f582:
 losses.py GaussianMLELoss / LaplaceMLELoss with order 1 or 2, and
 models/base.py BaseModel.sample_statistics / accumulate_mm_grad): the eight formulas,
-the unbiased variance, the mean-absolute-deviation-from-the-median, the 1e-9 guards and
-the Laplace detached targets are the ones above. The weights differ between its configs:
-MR (mle_weight) 10 everywhere; pMR 10 (Cityscapes, Gaussian), 1 (Cityscapes, Laplace),
-1000 (Maps, Gaussian); lambda = 10 here for all four.
+the unbiased variance, the lower median, the mean-absolute-deviation-from-the-median
+(which, as there, also passes gradient through m~), the 1e-9 guards and the Laplace
+detached targets are the ones above. A float64 re-typing of those PyTorch lines agrees
+with all eight losses, values and gradients with respect to the samples, to within 2e-15
+for K = 4, 5 and 10 (with `median='mean'` the even-K Laplace ones differ by 5-16 % in
+value and up to the sign in gradient). The predictor NLLs agree to about 2e-9: the
+released log-dispersion path divides by exp(s) + 1e-9, this one multiplies by exp(-s).
+The released code averages over the batch as well; the losses here return per-example
+means, whose batch mean is the released scalar.
+
+The weights differ between the released configs: MR (mle_weight) 10 everywhere; pMR 10
+(Cityscapes, Gaussian), 1 (Cityscapes, Laplace), 1000 (Maps, Gaussian); lambda = 10 here
+for all four.
 
 Defaults follow the released configs: K = 10 samples, weight lambda = 10 on the MR loss and
 1 on the GAN loss, AMSGrad lr 1e-4, betas (0.5, 0.999), weight decay 1e-4 (PyTorch's
@@ -67,6 +85,7 @@ NUM_SAMPLES = 10                # K
 MIN_SAMPLES_MCMLE12 = 4
 MR_WEIGHT = 10.0                # lambda
 _EPS = 1e-9                     # the released code's guard on sigma~^2 and b~
+MEDIANS = ('lower', 'mean')     # even-K sample median: released code's, numpy's
 
 stop = jax.lax.stop_gradient
 
@@ -166,15 +185,38 @@ def gaussian_stats(samples: jax.Array) -> tuple[jax.Array, jax.Array]:
   return samples.mean(axis=1), samples.var(axis=1, ddof=1)
 
 
-def laplace_stats(samples: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def sample_median(samples: jax.Array, median: str = 'lower') -> jax.Array:
+  """Sample median over axis 1 of (B, K, ...), with the even-K convention by name.
+
+  Args:
+    samples: (B, K, ...).
+    median: 'lower' (the released code's torch.median: the lower of the two middle values
+      for even K) or 'mean' (numpy's: their average).
+
+  Returns:
+    (B, ...) medians. For 'lower' the gradient goes to the one sample at that rank.
+  """
+  if median == 'lower':
+    return jnp.sort(samples, axis=1)[:, (samples.shape[1] - 1) // 2]
+  if median == 'mean':
+    return jnp.median(samples, axis=1)
+  raise ValueError(f'unknown median convention {median!r}; expected one of {MEDIANS}')
+
+
+def laplace_stats(samples: jax.Array, median: str = 'lower'
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(m~, b~, y~bar): sample median, mean |y~_k - m~| and sample mean over axis 1.
 
-  For even K the median is the mean of the two middle samples (numpy's convention; the
-  released PyTorch code takes the lower one).
+  Args:
+    samples: (B, K, ...).
+    median: even-K median convention, see `sample_median` (default: the released code's).
+
+  Returns:
+    Three (B, ...) arrays. b~ keeps its gradient through m~, as in the released code.
   """
-  median = jnp.median(samples, axis=1)
-  mad = jnp.abs(samples - median[:, None]).mean(axis=1)
-  return median, mad, samples.mean(axis=1)
+  m = sample_median(samples, median)
+  mad = jnp.abs(samples - m[:, None]).mean(axis=1)
+  return m, mad, samples.mean(axis=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -216,44 +258,84 @@ def mlmm12_gaussian(samples: jax.Array, pred_mean: jax.Array,
                            jnp.square(var - jnp.exp(stop(pred_log_var))))
 
 
-def _laplace_target(samples, centre):
-  """t = stop_gradient(y~bar + (centre - m~)) and (m~, b~, y~bar) (MR-GAN, Laplace MR losses)."""
-  median, mad, mean = laplace_stats(samples)
-  return stop(mean + (centre - median)), median, mad, mean
+def _laplace_target(samples, centre, median):
+  """t = sg(y~bar + (centre - m~)) and (m~, b~, y~bar) (MR-GAN, Laplace MR losses)."""
+  m, mad, mean = laplace_stats(samples, median)
+  return stop(mean + (centre - m)), m, mad, mean
 
 
-def mcmle1_laplace(samples: jax.Array, y: jax.Array) -> jax.Array:
-  r"""MCMLE_1 = MR_1, Laplace: |y~bar - t|, t = sg(y~bar + y - m~); value |y - m~|. Returns (B,)."""
+def mcmle1_laplace(samples: jax.Array, y: jax.Array, *, median: str = 'lower') -> jax.Array:
+  r"""MCMLE_1 = MR_1, Laplace: |y~bar - t|, t = sg(y~bar + y - m~); value |y - m~|.
+
+  Args:
+    samples: (B, K, ...) generator samples.
+    y: (B, ...) targets.
+    median: even-K median convention ('lower' = released code, 'mean' = numpy).
+
+  Returns:
+    (B,) per-example losses.
+  """
   _check_samples(samples, y, 'y')
-  t, _, _, mean = _laplace_target(samples, y)
+  t, _, _, mean = _laplace_target(samples, y, median)
   return _per_example_mean(jnp.abs(mean - t))
 
 
-def mcmle12_laplace(samples: jax.Array, y: jax.Array, eps: float = _EPS) -> jax.Array:
-  r"""MCMLE_1/2 = MR_2, Laplace: |y~bar - t| / b~ + log b~, t = sg(y~bar + y - m~). Returns (B,)."""
+def mcmle12_laplace(samples: jax.Array, y: jax.Array, eps: float = _EPS, *,
+                    median: str = 'lower') -> jax.Array:
+  r"""MCMLE_1/2 = MR_2, Laplace: |y~bar - t| / b~ + log b~, t = sg(y~bar + y - m~).
+
+  Args:
+    samples: (B, K, ...) generator samples.
+    y: (B, ...) targets.
+    eps: guard on b~.
+    median: even-K median convention ('lower' = released code, 'mean' = numpy).
+
+  Returns:
+    (B,) per-example losses.
+  """
   _check_samples(samples, y, 'y')
-  t, _, mad, mean = _laplace_target(samples, y)
+  t, _, mad, mean = _laplace_target(samples, y, median)
   return _per_example_mean(jnp.abs(mean - t) / (mad + eps) + jnp.log(mad + eps))
 
 
-def mlmm1_laplace(samples: jax.Array, pred_median: jax.Array) -> jax.Array:
-  r"""MLMM_1 = pMR_1, Laplace: (y~bar - t)^2, t = sg(y~bar + m^ - m~); value (m^ - m~)^2."""
+def mlmm1_laplace(samples: jax.Array, pred_median: jax.Array, *,
+                  median: str = 'lower') -> jax.Array:
+  r"""MLMM_1 = pMR_1, Laplace: (y~bar - t)^2, t = sg(y~bar + m^ - m~); value (m^ - m~)^2.
+
+  Args:
+    samples: (B, K, ...) generator samples.
+    pred_median: (B, ...) the frozen predictor's median m^.
+    median: even-K median convention ('lower' = released code, 'mean' = numpy).
+
+  Returns:
+    (B,) per-example losses.
+  """
   _check_samples(samples, pred_median, 'pred_median')
-  t, _, _, mean = _laplace_target(samples, stop(pred_median))
+  t, _, _, mean = _laplace_target(samples, stop(pred_median), median)
   return _per_example_mean(jnp.square(mean - t))
 
 
 def mlmm12_laplace(samples: jax.Array, pred_median: jax.Array,
-                   pred_log_scale: jax.Array) -> jax.Array:
-  r"""MLMM_1/2 = pMR_2, Laplace: (y~bar - t)^2 + (b~ - b^)^2, b^ = exp(predicted log-MAD)."""
+                   pred_log_scale: jax.Array, *, median: str = 'lower') -> jax.Array:
+  r"""MLMM_1/2 = pMR_2, Laplace: (y~bar - t)^2 + (b~ - b^)^2, b^ = exp(predicted log-MAD).
+
+  Args:
+    samples: (B, K, ...) generator samples.
+    pred_median, pred_log_scale: (B, ...) the frozen predictor's m^ and log b^.
+    median: even-K median convention ('lower' = released code, 'mean' = numpy).
+
+  Returns:
+    (B,) per-example losses.
+  """
   _check_samples(samples, pred_median, 'pred_median')
-  t, _, mad, mean = _laplace_target(samples, stop(pred_median))
+  t, _, mad, mean = _laplace_target(samples, stop(pred_median), median)
   return _per_example_mean(jnp.square(mean - t) +
                            jnp.square(mad - jnp.exp(stop(pred_log_scale))))
 
 
 def mr_loss(name: str, dist: str, samples: jax.Array, y: jax.Array,
-            prediction: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+            prediction: tuple[jax.Array, jax.Array] | None = None, *,
+            median: str = 'lower') -> jax.Array:
   """One of the eight generator losses by name.
 
   Args:
@@ -262,6 +344,8 @@ def mr_loss(name: str, dist: str, samples: jax.Array, y: jax.Array,
     samples: (B, K, ...) generator samples for the same inputs.
     y: (B, ...) targets (read by MCMLE only).
     prediction: (centre, log_dispersion) of the frozen predictor (MLMM only).
+    median: even-K median convention of the Laplace losses ('lower' = released code,
+      'mean' = numpy); the Gaussian losses ignore it.
 
   Returns:
     (B,) per-example losses.
@@ -272,14 +356,17 @@ def mr_loss(name: str, dist: str, samples: jax.Array, y: jax.Array,
   if name in PREDICTOR_LOSSES and prediction is None:
     raise ValueError(f'{name} matches the predictor moments; pass prediction=(centre, '
                      'log_dispersion)')
+  if median not in MEDIANS:
+    raise ValueError(f'unknown median convention {median!r}; expected one of {MEDIANS}')
   gauss = dist == 'gaussian'
+  kw = {} if gauss else {'median': median}
   if name == 'mcmle1':
-    return (mcmle1_gaussian if gauss else mcmle1_laplace)(samples, y)
+    return (mcmle1_gaussian if gauss else mcmle1_laplace)(samples, y, **kw)
   if name == 'mcmle12':
-    return (mcmle12_gaussian if gauss else mcmle12_laplace)(samples, y)
+    return (mcmle12_gaussian if gauss else mcmle12_laplace)(samples, y, **kw)
   if name == 'mlmm1':
-    return (mlmm1_gaussian if gauss else mlmm1_laplace)(samples, prediction[0])
-  return (mlmm12_gaussian if gauss else mlmm12_laplace)(samples, *prediction)
+    return (mlmm1_gaussian if gauss else mlmm1_laplace)(samples, prediction[0], **kw)
+  return (mlmm12_gaussian if gauss else mlmm12_laplace)(samples, *prediction, **kw)
 
 
 def optimizer(lr: float = 1e-4, b1: float = 0.5, b2: float = 0.999,
