@@ -39,11 +39,19 @@ def code_version() -> dict:
     return {'version': __version__}
 
 
+def hardware() -> str:
+  """The devices a run used, e.g. 'cpu x1 (2 host cores)' or 'tpu x8 (96 host cores)'."""
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  return (f'{devices[0].platform} x{len(devices)} ({", ".join(kinds)}; '
+          f'{os.cpu_count()} host cores)')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains and evaluates the experiment described by `config`, writing into `workdir`.
 
-  `workdir/metrics.json` also records the code version and the config that produced it
-  (under 'provenance'), so that result files can be traced back to their run.
+  `workdir/metrics.json` also records the code version, the hardware and the config that
+  produced it (under 'provenance'), so that result files can be traced back to their run.
 
   Returns:
     The metrics written to `workdir/metrics.json`.
@@ -56,7 +64,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0 and os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    saved['provenance'] = {**code_version(), 'config': checkpoint.config_to_json(config)}
+    saved['provenance'] = {**code_version(), 'hardware': hardware(),
+                           'config': checkpoint.config_to_json(config)}
     with open(path + '.tmp', 'w') as f:
       json.dump(saved, f, indent=1)
     os.replace(path + '.tmp', path)

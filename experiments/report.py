@@ -1,0 +1,216 @@
+"""Regenerates every results table in README.md and docs/ from the committed result files.
+
+  python -m experiments.report           # rewrite the tables in place
+  python -m experiments.report --check   # exit 1 if any table differs from the files
+
+Result files are the `metrics.json` of real runs, copied to
+`results/<run set>/seed<k>.json` (e.g. by `python -m experiments.seeds`); each holds the
+commit and config that produced it ('provenance'). A table sits between two marker lines
+in a Markdown file:
+
+  <!-- report:KIND PATTERN -->
+  ...generated...
+  <!-- /report -->
+
+KIND names a table function below; PATTERN is a glob of run sets under results/ (e.g.
+`toy/paper_*`). Nothing between the markers is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, 'results')
+MARKER = re.compile(r'(<!-- report:(\S+)(?: (\S+))? -->\n)(.*?)(<!-- /report -->)', re.S)
+
+
+def load(root: str = RESULTS) -> dict[str, dict[int, dict]]:
+  """{run set: {seed: metrics}} of every results/<run set>/seed<k>.json."""
+  out: dict[str, dict[int, dict]] = {}
+  for path in sorted(glob.glob(os.path.join(root, '**', 'seed*.json'), recursive=True)):
+    run_set = os.path.relpath(os.path.dirname(path), root)
+    seed = int(re.fullmatch(r'seed(\d+)\.json', os.path.basename(path)).group(1))
+    with open(path) as f:
+      out.setdefault(run_set, {})[seed] = json.load(f)
+  return out
+
+
+def select(results: dict, pattern: str | None) -> dict:
+  return {k: v for k, v in results.items() if pattern is None or fnmatch.fnmatch(k, pattern)}
+
+
+def mean_std(values) -> str:
+  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+  if v.size == 0:
+    return ''
+  return f'{v.mean():.3f} ± {v.std():.3f}' if v.size > 1 else f'{v[0]:.3f}'
+
+
+def _config(m: dict) -> dict:
+  return m.get('provenance', {}).get('config', {})
+
+
+def _seconds(m: dict) -> float | None:
+  if 'total_seconds' in m:
+    return m['total_seconds']
+  per = [r.get('train_seconds') for r in m.get('methods', {}).values()
+         if isinstance(r, dict)]
+  per = [p for p in per if p is not None]
+  return sum(per) if per else None
+
+
+def _hardware(m: dict) -> str:
+  return m.get('provenance', {}).get('hardware', 'not recorded')
+
+
+def _budget(m: dict) -> str:
+  c = _config(m)
+  t, d = c.get('train', {}), c.get('data', {})
+  if not t:
+    return ''
+  return f"{t.get('steps')} × {d.get('batch_size')}, l = {t.get('inner_steps')}"
+
+
+# ---------------------------------------------------------------------------------------
+# Tables.
+
+TOY_TARGET = (0.95, 0.05)  # coverage >= , phantom <=
+
+
+def toy_table(results: dict) -> str:
+  """Per run set of the toy: one row per method, coverage / phantom per seed and mean ±
+  std, and how many seeds meet coverage >= 0.95 and phantom <= 0.05."""
+  lines = []
+  for run_set, seeds in results.items():
+    order = sorted(seeds)
+    methods = list(next(iter(seeds.values()))['methods'])
+    lines += [f'**{run_set}** (modes {next(iter(seeds.values()))["modes"]})', '',
+              '| method | ' + ' | '.join(f'seed {s}' for s in order)
+              + ' | coverage | phantom | seeds meeting target |',
+              '|---|' + '---|' * (len(order) + 3)]
+    for method in methods:
+      cov = [seeds[s]['methods'][method]['coverage'] for s in order]
+      ph = [seeds[s]['methods'][method]['phantom_rate'] for s in order]
+      met = sum(c >= TOY_TARGET[0] and p <= TOY_TARGET[1] for c, p in zip(cov, ph))
+      cells = ' | '.join(f'{c:.3f} / {p:.3f}' for c, p in zip(cov, ph))
+      lines.append(f'| {method} | {cells} | {mean_std(cov)} | {mean_std(ph)} | '
+                   f'{met} of {len(order)} |')
+    lines.append('')
+  return '\n'.join(lines).rstrip('\n')
+
+
+IMAGE_COLUMNS = ('psnr_best', 'ssim_best', 'lpips_best', 'diversity', 'colourfulness')
+
+
+def image_table(results: dict) -> str:
+  """Per run set of an image experiment: one row per (protocol, method), mean ± std over
+  seeds of the pinned metrics (docs/data.md)."""
+  lines = []
+  for run_set, seeds in results.items():
+    first = next(iter(seeds.values()))
+    for protocol, per_method in first['eval'].items():
+      cols = [c for c in IMAGE_COLUMNS if any(c in m for m in per_method.values())]
+      lines += [f'**{run_set}**, {protocol} ({len(seeds)} seeds)', '',
+                '| method | ' + ' | '.join(cols) + ' |', '|---|' + '---|' * len(cols)]
+      for method in per_method:
+        vals = [mean_std([s['eval'][protocol][method].get(c) for s in seeds.values()])
+                for c in cols]
+        lines.append(f'| {method} | ' + ' | '.join(vals) + ' |')
+      lines.append('')
+  return '\n'.join(lines).rstrip('\n')
+
+
+def _headline(m_by_seed: dict[int, dict]) -> str:
+  first = next(iter(m_by_seed.values()))
+  if 'modes' in first:  # the toy
+    cov = [m['methods']['cgml']['coverage'] for m in m_by_seed.values()
+           if 'cgml' in m['methods']]
+    ph = [m['methods']['cgml']['phantom_rate'] for m in m_by_seed.values()
+          if 'cgml' in m['methods']]
+    return f'cGML coverage {mean_std(cov)}, phantom {mean_std(ph)}'
+  if 'eval' in first:
+    protocol = next(iter(first['eval']))
+    parts = []
+    for method in ('l1', 'cgml'):
+      if method in first['eval'][protocol]:
+        psnr = mean_std([m['eval'][protocol][method].get('psnr_best')
+                         for m in m_by_seed.values()])
+        parts.append(f'{method} PSNR (best of K) {psnr}')
+    return '; '.join(parts)
+  return ''
+
+
+DOC_OF = {'toy': 'docs/toy.md', 'colorize': 'docs/colorize.md'}
+
+
+def readme_table(results: dict) -> str:
+  """One row per run set: budget, hardware, wall time per seed, headline metrics, page."""
+  lines = ['| run set | seeds | budget (steps × batch) | hardware | wall time per seed | '
+           'headline (mean ± std over seeds) | details |', '|---|---|---|---|---|---|---|']
+  for run_set, seeds in results.items():
+    first = next(iter(seeds.values()))
+    task = _config(first).get('task', run_set.split('/')[0])
+    secs = [_seconds(m) for m in seeds.values()]
+    secs = [s for s in secs if s is not None]
+    wall = f'{np.mean(secs) / 60:.1f} min' if secs else ''
+    doc = DOC_OF.get(task, 'docs/experiments.md')
+    lines.append(f'| {run_set} | {len(seeds)} | {_budget(first)} | {_hardware(first)} | '
+                 f'{wall} | {_headline(seeds)} | [{os.path.basename(doc)}]({doc}) |')
+  return '\n'.join(lines)
+
+
+TABLES = {'toy': toy_table, 'image': image_table, 'readme': readme_table}
+
+
+def render(text: str, results: dict, doc_path: str) -> str:
+  """`text` with every marked table regenerated."""
+  def repl(match):
+    kind, pattern = match.group(2), match.group(3)
+    if kind not in TABLES:
+      raise ValueError(f'{doc_path}: unknown report table {kind!r}; expected one of '
+                       f'{sorted(TABLES)}')
+    chosen = select(results, pattern)
+    body = TABLES[kind](chosen) if chosen else '*No result files match yet.*'
+    return match.group(1) + body + '\n' + match.group(5)
+  return MARKER.sub(repl, text)
+
+
+def documents() -> list[str]:
+  return [os.path.join(REPO, 'README.md')] + sorted(
+      glob.glob(os.path.join(REPO, 'docs', '**', '*.md'), recursive=True))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--check', action='store_true',
+                      help='exit 1 if a table differs from what the result files give')
+  args = parser.parse_args(argv)
+  results = load()
+  stale = []
+  for path in documents():
+    with open(path) as f:
+      text = f.read()
+    new = render(text, results, path)
+    if new != text:
+      stale.append(os.path.relpath(path, REPO))
+      if not args.check:
+        with open(path, 'w') as f:
+          f.write(new)
+  if args.check and stale:
+    print('tables out of date (run python -m experiments.report): ' + ', '.join(stale))
+    return 1
+  print(('updated: ' + ', '.join(stale)) if stale and not args.check else 'tables up to date')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,31 @@
+"""The results tables in README.md and docs/ are what `experiments.report` generates from
+the committed result files, and the generator itself on hand-made results."""
+
+from experiments import report
+
+
+def test_docs_tables_match_the_committed_results():
+  assert report.main(['--check']) == 0
+
+
+def _toy_run(cov, phantom):
+  methods = {m: {'coverage': c, 'phantom_rate': p, 'train_seconds': 10.0}
+             for m, c, p in (('l1', 0.0, 0.5), ('cgml', cov, phantom))}
+  return {'modes': [4.0, -4.0], 'methods': methods,
+          'provenance': {'config': {'task': 'toy', 'train': {'steps': 20, 'inner_steps': 2},
+                                    'data': {'batch_size': 8}},
+                         'hardware': 'cpu x1'}}
+
+
+def test_tables_from_hand_made_results():
+  results = {'toy/a': {0: _toy_run(1.0, 0.0), 1: _toy_run(0.9, 0.1)}}
+  text = ('x\n<!-- report:toy toy/* -->\nold\n<!-- /report -->\ny\n'
+          '<!-- report:readme -->\n<!-- /report -->\n<!-- report:toy other/* -->\n'
+          '<!-- /report -->\n')
+  out = report.render(text, results, 'doc.md')
+  assert 'old' not in out and out.startswith('x\n') and '\ny\n' in out
+  assert '| cgml | 1.000 / 0.000 | 0.900 / 0.100 | 0.950 ± 0.050 | 0.050 ± 0.050 | 1 of 2 |' \
+      in out
+  assert '| toy/a | 2 | 20 × 8, l = 2 | cpu x1 | 0.3 min | cGML coverage 0.950 ± 0.050' in out
+  assert '*No result files match yet.*' in out   # a pattern with no run sets says so
+  assert report.render(out, results, 'doc.md') == out   # regenerating changes nothing
