@@ -15,7 +15,7 @@ the run checkpoints and exits with status 143 (128 + SIGTERM) so that schedulers
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgml_jax import train
@@ -31,6 +31,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    # Orbax and JAX log every checkpoint and backend probe at INFO; the run's own progress
+    # goes to stdout. --verbosity=0 shows the INFO lines again.
+    logging.set_verbosity(logging.WARNING)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except loop.Preempted as e:
