@@ -1,4 +1,4 @@
-r"""CPU benchmark of cGML's training step and inference, against the PyTorch peer (issue 6).
+r"""CPU benchmark of cGML's training step and inference, against the PyTorch peer.
 
 Builds the `bench` configuration of ../shared/peers/torch_cgml_bench.py (colorization
 32x32, L -> ab, batch 64, z_dim 16, H 32-64-128-256, U-Net G with spectral norm, Z MLP

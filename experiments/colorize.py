@@ -1,7 +1,7 @@
 """Colorization (paper Sec. 5.2): L -> ab in CIE-LAB, cGML vs the L1 baseline.
 
   python -m experiments.run --config=experiments/colorize.py --workdir=runs/colorize
-  python -m experiments.run --config=experiments/colorize.py:smoke --workdir=/tmp/c_smoke
+  python -m experiments.run --config=experiments/colorize.py:smoke --workdir=runs/c_smoke
   python -m experiments.run --config=experiments/colorize.py --workdir=runs/colorize_cifar \
       --config.data.name=cifar10          # offline npz under $CGML_DATA_DIR
   python -m experiments.run --config=experiments/colorize.py --workdir=runs/colorize_stl \

@@ -2,7 +2,7 @@
 
   python -m experiments.run --config=experiments/compare_facades.py --workdir=runs/cmp_fac
   python -m experiments.run --config=experiments/compare_facades.py:cpu --workdir=runs/cf
-  python -m experiments.run --config=experiments/compare_facades.py:smoke --workdir=/tmp/cf
+  python -m experiments.run --config=experiments/compare_facades.py:smoke --workdir=runs/cf
 
 The task part is experiments/translate.py (same arguments: nothing, cpu, smoke); this adds
 the peers' fields, the methods and the representation probe (CIFAR-10 rows resized to the
@@ -27,8 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.compare.curve_every = 50
   c.probe.datasets = ('cifar10',)
   if a.cpu:
-    # Sized for 2 shared CPU cores: 64px (a 128px step of the 7 methods took ~20 s here
-    # under load, plus ~2 min of compilation per method), 250 steps.
+    # Sized for a 2-core CPU: at 128px one step of the seven methods takes ~20 s there,
+    # plus ~2 min of compilation per method; 64px and 250 steps fit a CPU budget.
     c.data.image_size = 64
     c.train.steps = 250
     c.train.log_every = 50

@@ -2,7 +2,7 @@
 
   python -m experiments.run --config=experiments/compare_mnist.py:box --workdir=runs/cmp_box
   python -m experiments.run --config=experiments/compare_mnist.py --workdir=runs/cmp_mnist
-  python -m experiments.run --config=experiments/compare_mnist.py:smoke --workdir=/tmp/cs
+  python -m experiments.run --config=experiments/compare_mnist.py:smoke --workdir=runs/cs
 
 The task part is experiments/mnist_corrupted.py (same arguments: overlap, box, smoke); this
 adds the peers' fields (cgml_jax.tasks.image.add_comparison_fields), the method list and the

@@ -2,7 +2,7 @@
 
   python -m experiments.run --config=experiments/complete.py --workdir=runs/complete
   python -m experiments.run --config=experiments/complete.py:cpu --workdir=runs/complete_cpu
-  python -m experiments.run --config=experiments/complete.py:smoke --workdir=/tmp/k_smoke
+  python -m experiments.run --config=experiments/complete.py:smoke --workdir=runs/k_smoke
   python -m experiments.run --config=experiments/complete.py --workdir=runs/complete_facades \
       --config.data.name=facades --config.data.image_key=target --config.data.image_size=128
 
@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_samples = 10
   c.eval.protocols = ('area10', 'area15', 'area25', 'center', 'irregular')
   if a.cpu:
-    # A real but CPU-sized run (~10-15 min on 2 busy cores): half the widths, fewer steps.
+    # A real but CPU-sized run: half the widths, fewer steps.
     c.model.base_channels = 16
     c.model.max_channels = 64
     c.train.steps = 1000

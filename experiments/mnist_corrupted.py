@@ -2,7 +2,7 @@
 
   python -m experiments.run --config=experiments/mnist_corrupted.py --workdir=runs/mnist_overlap
   python -m experiments.run --config=experiments/mnist_corrupted.py:box --workdir=runs/mnist_box
-  python -m experiments.run --config=experiments/mnist_corrupted.py:smoke --workdir=/tmp/m_smoke
+  python -m experiments.run --config=experiments/mnist_corrupted.py:smoke --workdir=runs/m_smoke
 
 'overlap' (default): 20% of training targets have their top half overlapped with another
 digit; 'box': a white box in the hole of 30% of the targets. Offline MNIST from
@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # drive G into saturation at -1, where it stops learning (observed: all-black holes).
   c.model.out_activation = 'none'
 
-  c.train.steps = 3000         # per model; 4-6 (L1) and 9-10 (cGML) min on 2 busy CPU cores
+  c.train.steps = 3000         # per model
   c.train.inner_steps = 2
   c.train.lr = 1e-3
   c.train.log_every = 200

@@ -3,7 +3,7 @@
 Deliberately short; everything else lives in the library so notebooks and tests call the
 same function. Example:
 
-  python -m experiments.run --config=experiments/toy.py --workdir=/tmp/toy \
+  python -m experiments.run --config=experiments/toy.py --workdir=runs/toy \
       --config.train.steps=1000
 
 Config overrides use ml_collections syntax; the config is locked, so an unknown key is an

@@ -1,7 +1,7 @@
 """Spectral-map recovery and linear-probe classification on ModelNet10 (cGML Sec. 5.4).
 
-  python -m experiments.run --config=experiments/spectral3d.py --workdir=/tmp/spectral3d
-  python -m experiments.run --config=experiments/spectral3d.py:smoke --workdir=/tmp/s3d_smoke
+  python -m experiments.run --config=experiments/spectral3d.py --workdir=runs/spectral3d
+  python -m experiments.run --config=experiments/spectral3d.py:smoke --workdir=runs/s3d_smoke
 
 See cgml_jax/tasks/spectral3d.py for the corruption, the metrics and the probe protocol.
 """

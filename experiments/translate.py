@@ -2,7 +2,7 @@
 
   python -m experiments.run --config=experiments/translate.py --workdir=runs/facades
   python -m experiments.run --config=experiments/translate.py:cpu --workdir=runs/facades_cpu
-  python -m experiments.run --config=experiments/translate.py:smoke --workdir=/tmp/t_smoke
+  python -m experiments.run --config=experiments/translate.py:smoke --workdir=runs/t_smoke
   python -m experiments.run --config=experiments/translate.py --workdir=runs/edges2shoes \
       --config.data.name=pix2pix:/path/to/edges2shoes --config.data.direction=AtoB
 
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_samples = 10
   c.eval.batch_size = 16
   if a.cpu:
-    # A real but CPU-sized run (~10-15 min on 2 busy cores): half the widths, fewer steps.
+    # A real but CPU-sized run: half the widths, fewer steps.
     c.model.base_channels = 16
     c.model.max_channels = 64
     c.train.steps = 600

@@ -1,6 +1,6 @@
 """Runs a few cGML steps through `loop.fit` on N forced CPU devices; writes params to npz.
 
-  python tests/parallel_helper.py --devices=4 --out=/tmp/p4.npz [--batch=8] [--steps=2]
+  python tests/parallel_helper.py --devices=4 --out=p4.npz [--batch=8] [--steps=2]
 
 Multi-process: set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; each
 process forces --devices local devices and reads its own rows of every batch.

