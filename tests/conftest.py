@@ -3,13 +3,15 @@
 The folder (MNIST, CIFAR-10, CelebA, facades, ModelNet10, LPIPS weights as .npz) is found
 through $CGML_DATA_DIR or next to the repository (cgml_jax.data.resolve_data_dir). A fresh
 clone has no such folder: a test that reaches for it raises DataNotFoundError, which is
-turned into a skip with the reason below. With the folder present the same error is a
+turned into a skip with the reason below (so is WeightsNotFoundError for the LPIPS
+weights). With the folder present the same error is a
 failure, as it should be.
 """
 
 import pytest
 
 from cgml_jax.data import sources
+from cgml_jax.metrics import lpips
 
 DATA_DIR = sources.resolve_data_dir(must_exist=False)
 DATA_AVAILABLE = DATA_DIR.is_dir()
@@ -30,5 +32,5 @@ def pytest_runtest_call(item):
   outcome = yield
   if DATA_AVAILABLE or outcome.excinfo is None:
     return
-  if issubclass(outcome.excinfo[0], sources.DataNotFoundError):
+  if issubclass(outcome.excinfo[0], (sources.DataNotFoundError, lpips.WeightsNotFoundError)):
     outcome.force_exception(pytest.skip.Exception(SKIP_REASON, _use_item_location=True))

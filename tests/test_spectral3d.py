@@ -14,6 +14,7 @@ import scipy.special as sps
 from scipy.spatial.transform import Rotation
 
 from cgml_jax.spectral3d import pointcloud, sph, zernike
+from conftest import DATA_AVAILABLE, SKIP_REASON
 
 L = 6
 
@@ -33,10 +34,9 @@ def _random_map(l_max, seed=0):
 
 @pytest.fixture(scope='module')
 def modelnet_sample():
-  try:
-    points, labels, names = pointcloud.load_modelnet10('test')
-  except FileNotFoundError:
-    pytest.skip('shared ModelNet10 data not available')
+  if not DATA_AVAILABLE:
+    pytest.skip(SKIP_REASON)
+  points, labels, names = pointcloud.load_modelnet10('test')
   return points[::113][:8], labels, names
 
 
@@ -330,11 +330,8 @@ def test_npz_h5_and_missing_paths(tmp_path, monkeypatch):
     np.testing.assert_array_equal(labels, [0, 1, 1])
 
 
-def test_shared_modelnet10_layout():
-  try:
-    pts, labels, names = pointcloud.load_modelnet10('test', root=os.environ.get('CGML_DATA_DIR'))
-  except FileNotFoundError:
-    pytest.skip('shared ModelNet10 data not available')
+def test_shared_modelnet10_layout(data_dir):
+  pts, labels, names = pointcloud.load_modelnet10('test', root=str(data_dir))
   assert pts.shape == (908, 1024, 3) and labels.shape == (908,)
   assert names[0] == 'bathtub' and names[9] == 'toilet'
   np.testing.assert_allclose(np.linalg.norm(pts, axis=-1).max(-1), 1.0, atol=1e-5)
