@@ -126,3 +126,26 @@ def test_smoke_config_end_to_end(name, tmp_path):
   if name == 'mnist_corrupted':
     assert set(metrics['task_metrics']) == {'l1', 'cgml', 'cgml_T0'}
     assert 'clean_sample_rate' in metrics['task_metrics']['cgml']
+
+
+@pytest.mark.parametrize('name', ['colorize', 'translate', 'complete', 'mnist_corrupted'])
+def test_evaluation_sets_are_deterministic_and_unaugmented(name):
+  """No random transform touches an evaluation split: two builds are bitwise identical,
+  and with flips on for training the evaluation images are not flipped."""
+  config = importlib.import_module(f'experiments.{name}').get_config('smoke')
+  if 'flip' in config.data:
+    config.data.flip = True
+  task_module = importlib.import_module(f'cgml_jax.tasks.{name}')
+  task = (task_module.make_task(config.data.channels) if name == 'complete'
+          else task_module.TASK)
+  protocol = task.protocols(config)[0]
+  a = image.load_eval_set(task, config, protocol)
+  b = image.load_eval_set(task, config, protocol)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  if 'flip' in config.data:
+    config.data.flip = False
+    unflipped = image.load_eval_set(task, config, protocol)
+    for k in a:
+      np.testing.assert_array_equal(a[k], unflipped[k])

@@ -22,10 +22,13 @@ from cgml_jax.tasks import image
 
 
 def transform(config, protocol=None):
-  """uint8 RGB 'image' -> {'x': L, 'y': ab} (same for training and evaluation)."""
-  del protocol
+  """uint8 RGB 'image' -> {'x': L, 'y': ab}.
+
+  Random flips (`data.flip`) augment training only; evaluation (protocol set) sees the
+  test images as they are.
+  """
   steps = [image.resize(config.data.image_size)]
-  if config.data.get('flip', False):
+  if protocol is None and config.data.get('flip', False):
     steps.append(transforms.random_flip())
   return transforms.compose(*steps, transforms.colorization())
 

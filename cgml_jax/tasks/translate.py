@@ -35,11 +35,14 @@ def source(config, split: str):
 
 
 def transform(config, protocol=None):
-  """uint8 {'input', 'target'} -> {'x', 'y'} in [-1, 1] at data.image_size."""
-  del protocol
+  """uint8 {'input', 'target'} -> {'x', 'y'} in [-1, 1] at data.image_size.
+
+  Random flips (`data.flip`) augment training only; evaluation (protocol set) sees the
+  test images as they are.
+  """
   keys = ('input', 'target')
   steps = [image.resize(config.data.image_size, keys)]
-  if config.data.get('flip', False):
+  if protocol is None and config.data.get('flip', False):
     steps.append(transforms.random_flip(keys))
   return transforms.compose(*steps, transforms.paired(*keys))
 
