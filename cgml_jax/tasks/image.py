@@ -19,9 +19,9 @@ list of methods (`cgml_jax.tasks.methods`: cGML, L1 and every peer):
      from several z_0; the paper's Fig. 6 analogue), and for comparison configs (a
      `compare` block) `curves.png`, the task's error on a probe batch against the step.
 
-Metric protocol (pinned; every number is computed on RGB (or grey) images in [-1, 1] as
-returned by `ImageTask.to_image`, i.e. colorization outputs are converted from LAB and
-completion outputs are composited with the observed pixels):
+Metric protocol (pinned; every number is computed on RGB (or grey) images as returned by
+`ImageTask.to_image` and clipped to [-1, 1], i.e. colorization outputs are converted from
+LAB, and completion and MNIST outputs are composited with the observed pixels):
 
   psnr_mean, ssim_mean, lpips_mean   mean over inputs and over the K samples
   psnr_best, ssim_best, lpips_best   per input the best of the K samples, mean over inputs
@@ -440,8 +440,10 @@ def _pixel_scores(task: ImageTask, loss_fn):
   @jax.jit
   def fn(flat, rep):
     e = loss_fn(flat, rep)
-    img = task.to_image(rep['x'], flat)
-    gt = task.to_image(rep['x'], rep['y'])
+    # One scoring rule for every task: the output as the user sees it (composited with
+    # the observed pixels where the task has them), clipped to the image range.
+    img = jnp.clip(task.to_image(rep['x'], flat), -1.0, 1.0)
+    gt = jnp.clip(task.to_image(rep['x'], rep['y']), -1.0, 1.0)
     p = image_metrics.psnr(img, gt)
     s = (image_metrics.ssim(img, gt) if min(img.shape[1:3]) >= 11
          else jnp.full(p.shape, jnp.nan))

@@ -199,7 +199,12 @@ def transform(config, protocol=None):
 
 
 def _to_image(x, y):
-  return y
+  """The observed pixels of x with y in the hole (x's last channel is the mask), as for
+  completion: every task scores what the user would see."""
+  import jax.numpy as jnp
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  m = x[..., -1:]
+  return x[..., :-1] * (1.0 - m) + y * m
 
 
 def _input_image(x):
