@@ -345,11 +345,12 @@ class Checkpointer:
 # The config guard.
 
 # Fields that may change between a run and its resumption without changing the result:
-# logging, checkpoint cadence, evaluation-only output and the guard's own flag. Anything
-# else (including train.steps, which sets the length of the lr schedule) must match.
+# logging, checkpoint cadence, the workdir lock's timeout, evaluation-only output and the
+# guard's own flag. Anything else (including train.steps, which sets the length of the lr
+# schedule) must match.
 RESUMABLE_FIELDS = ('train.log_every', 'checkpoint.every', 'checkpoint.keep',
                     'checkpoint.async_save', 'checkpoint.allow_config_mismatch',
-                    'logging.*', 'eval.plots', 'distributed.*')
+                    'checkpoint.lock_timeout', 'logging.*', 'eval.plots', 'distributed.*')
 
 
 class ConfigMismatchError(ValueError):
