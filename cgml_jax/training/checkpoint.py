@@ -24,6 +24,7 @@ of its seed, and O(step). Prefer a checkpointable iterator.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -125,6 +126,40 @@ def _shapes(tree) -> list[tuple]:
   return sorted((tuple(x.shape), np.dtype(x.dtype).name) for x in leaves)
 
 
+class _Held:
+  error: BaseException | None = None
+
+
+@contextlib.contextmanager
+def _orbax_errors_held():
+  """Holds back the error records that Orbax logs while a save runs, then passes them on
+  unless they report the exception that the save raised (set `.error` of the yielded
+  object to it).
+
+  Orbax logs a failed write with its traceback from a worker thread and then raises the
+  same exception; `CheckpointWriteError` reports it in one line, and the traceback stays
+  reachable as its cause (launcher flag --traceback).
+  """
+  held, logger, out = [], logging.getLogger('absl'), _Held()
+
+  def hold(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR:
+      held.append(record)
+      return False
+    return True
+
+  logger.addFilter(hold)
+  try:
+    yield out
+  finally:
+    logger.removeFilter(hold)
+    for record in held:
+      reported = record.exc_info and out.error is not None and (
+          record.exc_info[1] is out.error or str(record.exc_info[1]) == str(out.error))
+      if not reported:
+        logger.handle(record)
+
+
 def _key_data(key: jax.Array) -> jax.Array:
   """The raw data of the base key, replicated over every device of every process.
 
@@ -219,12 +254,14 @@ class Checkpointer:
     if iterator is not None and is_checkpointable(iterator):
       # The position now, not whenever a background save gets to it.
       items['data'] = IteratorSave(_Frozen(iterator.get_state()))
-    try:
-      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-      if wait or not self._async:
-        self._manager.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-except
-      raise self._write_failed(step, e) from e
+    with _orbax_errors_held() as held:
+      try:
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        if wait or not self._async:
+          self._manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        held.error = e
+        raise self._write_failed(step, e) from e
     self._say(f'[checkpoint] saved step {step} to {self.directory} '
               f'({time.perf_counter() - t0:.2f}s)')
 
@@ -245,10 +282,12 @@ class Checkpointer:
 
   def wait(self):
     """Blocks until a background save is complete; raises CheckpointWriteError if it failed."""
-    try:
-      self._manager.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-except
-      raise self._write_failed(None, e) from e
+    with _orbax_errors_held() as held:
+      try:
+        self._manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        held.error = e
+        raise self._write_failed(None, e) from e
 
   def close(self):
     """Waits for background saves and closes the manager. After a failed save (already
