@@ -12,9 +12,9 @@ A checkpoint at step s is one Orbax step directory with three items:
 Orbax writes into a temporary directory and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint as the latest. A save that fails (a full disk, a
 lost mount) raises `CheckpointWriteError` naming the step and the cause; the partial
-directory is removed by the next run, which resumes from the newest complete checkpoint. A latest checkpoint that exists but
-cannot be read (a truncated or deleted file) is reported, moved to
-`<dir>/corrupted/<step>-<time>` and the one before it is used.
+directory is removed by the next run, which resumes from the newest complete checkpoint.
+A latest checkpoint that exists but cannot be read (a truncated or deleted file) is
+reported, moved to `<dir>/corrupted/<step>-<time>` and the one before it is used.
 
 Iterators without `get_state`/`set_state` (e.g. a Python generator) are fast-forwarded on
 restore by drawing `step` batches: exact only if the iterator is a deterministic function
