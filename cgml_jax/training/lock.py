@@ -166,6 +166,15 @@ class WorkdirLock:
     return None
 
   def acquire(self) -> 'WorkdirLock':
+    """Takes the lock, or takes it over from a dead or silent holder (with a message).
+
+    Returns:
+      self, holding the lock until `release` or the end of the process.
+
+    Raises:
+      WorkdirLocked: a live holder has it.
+      WorkdirError: the lock file cannot be created.
+    """
     fd = self._open()
     try:
       have_flock = self._try_flock(fd)
