@@ -90,7 +90,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def describe(holder: dict | None) -> str:
-  """'pid 12 on host h, started 2024-01-01 10:00:00 UTC' (or what is known of it)."""
+  """'pid 12 on host h, started <UTC time>' (or what is known of it)."""
   if not holder:
     return 'an unknown process (no holder record in the lock file)'
   return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
