@@ -3,9 +3,7 @@
   python -m experiments.compare --config=experiments/compare_mnist.py --workdir=runs/cmp
 """
 
-from absl import app
-
 from experiments import run
 
 if __name__ == '__main__':
-  app.run(run.main)
+  run.launch()

@@ -1,9 +1,11 @@
-"""Checkpoints through `loop.fit`: exact resume, keep-k, corruption, NaN, SIGTERM, config guard.
+"""Checkpoints through `loop.fit`: exact resume, keep-k, corruption, NaN, SIGTERM, config guard,
+failed writes, a crash after training.
 
 A tiny hand-written train state (params, Adam state, a statistic, a z table) and a step
 that uses its key and its batch, so a resume that lost any of them would diverge.
 """
 
+import errno
 import json
 import os
 import signal
@@ -17,7 +19,7 @@ import optax
 import pytest
 from flax import struct
 
-from cgml_jax.training import checkpoint, loop
+from cgml_jax.training import checkpoint, lock, loop, workdir
 
 TX = optax.adam(0.05)
 
@@ -209,3 +211,62 @@ def test_config_guard(tmp_path):
   diff = checkpoint.check_workdir_config(str(tmp_path), cfg, allow_mismatch=True)
   assert set(diff) == {'train.lr', 'modes'}
   assert checkpoint.check_workdir_config(str(tmp_path), cfg) == {}  # now recorded
+
+
+def test_failed_write_is_one_line_keeps_previous_and_resumes_exactly(tmp_path, reference,
+                                                                     monkeypatch):
+  """The disk fills up part-way through checkpoint 6: the state item is being written when
+  the data item's write fails with ENOSPC."""
+  d = str(tmp_path / 'ck')
+  save = checkpoint.IteratorHandler.save
+
+  def disk_full_at_6(self, directory, args):
+    if os.path.basename(os.path.dirname(str(directory))).startswith('6.'):  # 6.<orbax tmp>
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+    return save(self, directory, args)
+
+  monkeypatch.setattr(checkpoint.IteratorHandler, 'save', disk_full_at_6)
+  ck = checkpoint.Checkpointer(d, every=3, keep=5)
+  with pytest.raises(checkpoint.CheckpointWriteError) as e:
+    run(10, ck)
+  ck.close()  # the failure is not raised a second time
+  msg = str(e.value)
+  assert '\n' not in msg and f'writing checkpoint 6 to {d} failed' in msg, msg
+  assert 'No space left on device' in msg and 'newest complete checkpoint is step 3' in msg
+  monkeypatch.undo()
+  ck = checkpoint.Checkpointer(d, every=3, keep=5)
+  assert ck.all_steps() == [3]  # the partial 6 is no checkpoint; 3 is intact
+  state, _ = run(10, ck)
+  assert_same(state, reference)
+
+
+def test_crash_after_training_does_not_train_again(tmp_path, reference, capsys):
+  """Evaluation raises once after training finished: the next run restores the final
+  checkpoint and runs no step (through `workdir.prepare`/`fit_method`, as every task)."""
+  config = ml_collections.ConfigDict({
+      'train': {'steps': 10, 'log_every': 5},
+      'checkpoint': {'every': 5, 'keep': 2, 'async_save': False,
+                     'allow_config_mismatch': False},
+      'logging': {'tensorboard': False}})
+  workdir_ = str(tmp_path / 'run')
+
+  def task(evaluate):
+    writer = workdir.prepare(config, workdir_)
+    state, _, _ = workdir.fit_method(init_state(), step_fn, Batches(), config, workdir_, 'm',
+                                     'task/m', jax.random.key(3), writer=writer)
+    writer.close()
+    return evaluate(state)
+
+  def broken_evaluation(state):
+    raise RuntimeError('evaluation failed')
+
+  try:
+    with pytest.raises(RuntimeError, match='evaluation failed'):
+      task(broken_evaluation)
+    assert '[task/m] step 10/10' in capsys.readouterr().out
+    state = task(lambda s: s)
+  finally:
+    lock._HELD[os.path.abspath(workdir_)].release()  # this process took the workdir's lock
+  out = capsys.readouterr().out
+  assert '[task/m] already trained to step 10' in out and '[task/m] step' not in out, out
+  assert_same(state, reference)

@@ -6,6 +6,7 @@ XLA_FLAGS must be set before jax is imported, so every configuration runs
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -91,3 +92,57 @@ def test_single_process_helpers():
       parallel.initialize_distributed('localhost:1', 2, None)
   finally:
     os.environ.update(env)
+
+
+PREEMPT_HELPER = os.path.join(HERE, 'preempt_helper.py')
+
+
+def _start_pair(workdir, out, *extra):
+  """Two processes of `preempt_helper.py` joined on a fresh localhost port."""
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    env = fast_compile_env(**{parallel.ENV_COORDINATOR: f'localhost:{port}',
+                              parallel.ENV_NUM_PROCESSES: '2', parallel.ENV_PROCESS_ID: str(i)})
+    procs.append(subprocess.Popen(
+        [sys.executable, PREEMPT_HELPER, f'--workdir={workdir}', f'--out={out}', *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+  return procs
+
+
+def _wait(p, timeout=300):
+  try:
+    out, err = p.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    p.kill()
+    out, err = p.communicate()
+  return p.returncode, out, err
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
+  """SIGTERM reaches only process 1 of 2 (as on a pod, where one host is told first): both
+  checkpoint the same step and exit with 143, and the resumed run ends bitwise equal to an
+  uninterrupted one (which the same processes train first, see `preempt_helper.py`)."""
+  run = _start_pair(tmp_path / 'run', tmp_path / 'run.npz', f'--reference={tmp_path}/ref.npz',
+                    '--pace=0.1')
+  lines = []
+  for line in run[0].stdout:  # process 0 reports progress
+    lines.append(line)
+    if '[train] step 5/60 ' in line:
+      run[1].send_signal(signal.SIGTERM)
+      break
+  results = [_wait(p) for p in run]
+  outs = [''.join(lines) + results[0][1], results[1][1]]
+  for rc, out, err in results:
+    assert rc == 143, out[-2000:] + err[-3000:]
+  stops = [int(o.split('preempted (SIGTERM) after step ')[1].split(';')[0]) for o in outs]
+  assert stops[0] == stops[1] and 5 <= stops[0] < 60, (stops, outs)
+  assert f'saved step {stops[0]} ' in outs[0]
+  resumed = [_wait(p) for p in _start_pair(tmp_path / 'run', tmp_path / 'run.npz')]
+  for rc, out, err in resumed:
+    assert rc == 0, out[-2000:] + err[-3000:]
+  assert f'restored step {stops[0]} ' in resumed[0][1]
+  a, b = np.load(tmp_path / 'ref.npz'), np.load(tmp_path / 'run.npz')
+  assert set(a.files) == set(b.files) and a.files
+  for k in a.files:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -1,5 +1,7 @@
-"""The launcher and the outer loop: real entry point, config errors, NaN stops."""
+"""The launcher and the outer loop: real entry point, config errors, NaN stops, a failed
+checkpoint write and a crash in evaluation."""
 
+import errno
 import json
 import os
 import subprocess
@@ -8,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from cgml_jax.training import loop
@@ -20,6 +23,35 @@ def run(*args, **kw):
   return subprocess.run([sys.executable, '-m', 'experiments.run', *args], cwd=REPO,
                         capture_output=True, text=True, timeout=600,
                         env=fast_compile_env(), **kw)
+
+
+def run_patched(patch: str, *args):
+  """The launcher, after `patch` (Python source) ran in the same process."""
+  code = f'{patch}\nfrom experiments import run\nrun.launch()'
+  return subprocess.run([sys.executable, '-c', code, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=600, env=fast_compile_env())
+
+
+# The data item of checkpoint 10 fails with ENOSPC while the state item is being written.
+DISK_FULL_AT_10 = f'''
+import os
+from cgml_jax.training import checkpoint
+save = checkpoint.IteratorHandler.save
+def disk_full(self, directory, args):
+  if os.path.basename(os.path.dirname(str(directory))).startswith('10.'):
+    raise OSError({errno.ENOSPC}, os.strerror({errno.ENOSPC}), str(directory))
+  return save(self, directory, args)
+checkpoint.IteratorHandler.save = disk_full
+'''
+# Evaluation (whatever a task does after `fit_method` returns) raises.
+EVAL_CRASH = '''
+from cgml_jax.training import workdir
+fit_method = workdir.fit_method
+def crash_after(*args, **kw):
+  fit_method(*args, **kw)
+  raise RuntimeError('evaluation crashed')
+workdir.fit_method = crash_after
+'''
 
 
 @pytest.mark.slow
@@ -35,19 +67,27 @@ def test_launcher_smoke_writes_metrics_and_shows_progress(tmp_path):
   assert 'ETA' in p.stdout and 'rho=' in p.stdout and 'lr=' in p.stdout
 
 
+def one_error_line(p) -> str:
+  """The launcher's single 'error:' line; config errors come without a traceback."""
+  assert p.returncode == 2, p.stderr[-3000:]
+  assert 'Traceback' not in p.stderr, p.stderr[-3000:]
+  lines = [l for l in p.stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1, p.stderr[-3000:]
+  return lines[0]
+
+
 def test_launcher_rejects_unknown_config_key(tmp_path):
   p = run('--config=experiments/toy.py:smoke', f'--workdir={tmp_path}',
           '--config.train.stepz=5')
-  assert p.returncode != 0
-  assert 'stepz' in p.stderr
+  assert 'stepz' in one_error_line(p)
   assert not os.path.exists(tmp_path / 'metrics.json')
 
 
 def test_launcher_rejects_bad_modes(tmp_path):
   p = run('--config=experiments/toy.py:smoke', f'--workdir={tmp_path}',
           '--config.data.modes=()')
-  assert p.returncode != 0
-  assert 'modes' in p.stderr and 'non-empty' in p.stderr
+  line = one_error_line(p)
+  assert 'modes' in line and 'non-empty' in line
 
 
 def test_nan_stops_training_naming_the_step():
@@ -60,3 +100,31 @@ def test_nan_stops_training_naming_the_step():
   with pytest.raises(loop.NonFiniteError, match='step 3'):
     loop.fit(jnp.zeros((), jnp.int32), step, batches, num_steps=10,
              key=jax.random.key(0), log_every=100)
+
+
+@pytest.mark.slow
+def test_failed_write_then_eval_crash_then_done(tmp_path):
+  """Slow (four launcher runs; tests/test_checkpoint.py checks the same in-process): a full
+  disk during checkpoint 10 stops the launcher with one line and status 1; the same command
+  resumes from 5 and trains to the end, then evaluation crashes; the next run trains
+  nothing ('already trained') and ends bitwise equal to an uninterrupted run."""
+  args = ['--config=experiments/toy.py:smoke', "--config.methods=('l1',)",
+          '--config.train.steps=20', '--config.checkpoint.every=5',
+          '--config.logging.tensorboard=False']
+  ref, dir_ = tmp_path / 'ref', tmp_path / 'run'
+  p = run_patched(DISK_FULL_AT_10, *args, f'--workdir={dir_}')
+  assert p.returncode == 1, p.stderr[-3000:]
+  assert 'Traceback' not in p.stderr, p.stderr[-3000:]
+  lines = [l for l in p.stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and 'writing checkpoint 10 to' in lines[0], p.stderr[-3000:]
+  assert 'No space left on device' in lines[0] and 'is step 5' in lines[0]
+  p = run_patched(EVAL_CRASH, *args, f'--workdir={dir_}')
+  assert p.returncode != 0 and 'evaluation crashed' in p.stderr, p.stderr[-3000:]
+  assert 'restored step 5 ' in p.stdout and '[toy/l1] step 20/20' in p.stdout, p.stdout
+  p = run(*args, f'--workdir={dir_}')
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert '[toy/l1] already trained to step 20' in p.stdout and '[toy/l1] step' not in p.stdout
+  assert run(*args, f'--workdir={ref}').returncode == 0
+  a, b = (ocp.StandardCheckpointer().restore(d / 'checkpoints/l1/20/state') for d in (ref, dir_))
+  for (k, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(k))

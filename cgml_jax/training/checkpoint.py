@@ -10,9 +10,11 @@ A checkpoint at step s is one Orbax step directory with three items:
   meta   JSON: step, whether training finished, the recorded metric history.
 
 Orbax writes into a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint as the latest. A latest checkpoint that exists but
-cannot be read (a truncated or deleted file) is reported, moved to
-`<dir>/corrupted/<step>-<time>` and the one before it is used.
+mid-save leaves the previous checkpoint as the latest. A save that fails (a full disk, a
+lost mount) raises `CheckpointWriteError` naming the step and the cause; the partial
+directory is removed by the next run, which resumes from the newest complete checkpoint.
+A latest checkpoint that exists but cannot be read (a truncated or deleted file) is
+reported, moved to `<dir>/corrupted/<step>-<time>` and the one before it is used.
 
 Iterators without `get_state`/`set_state` (e.g. a Python generator) are fast-forwarded on
 restore by drawing `step` batches: exact only if the iterator is a deterministic function
@@ -22,6 +24,7 @@ of its seed, and O(step). Prefer a checkpointable iterator.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -114,9 +117,76 @@ class CheckpointMismatchError(ValueError):
   """A readable checkpoint that does not fit the train state (e.g. another model size)."""
 
 
+class CheckpointWriteError(RuntimeError):
+  """Writing a checkpoint failed (e.g. no space left); the cause is chained."""
+
+
 def _shapes(tree) -> list[tuple]:
   leaves = jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
   return sorted((tuple(x.shape), np.dtype(x.dtype).name) for x in leaves)
+
+
+class _Held:
+  error: BaseException | None = None
+
+
+@contextlib.contextmanager
+def _orbax_errors_held():
+  """Holds back the error records that Orbax logs while a save runs, then passes them on
+  unless they report the exception that the save raised (set `.error` of the yielded
+  object to it).
+
+  Orbax logs a failed write with its traceback from a worker thread and then raises the
+  same exception; `CheckpointWriteError` reports it in one line, and the traceback stays
+  reachable as its cause (launcher flag --traceback).
+  """
+  held, logger, out = [], logging.getLogger('absl'), _Held()
+
+  def hold(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR:
+      held.append(record)
+      return False
+    return True
+
+  logger.addFilter(hold)
+  try:
+    yield out
+  finally:
+    logger.removeFilter(hold)
+    for record in held:
+      reported = record.exc_info and out.error is not None and (
+          record.exc_info[1] is out.error or str(record.exc_info[1]) == str(out.error))
+      if not reported:
+        logger.handle(record)
+
+
+def _key_data(key: jax.Array) -> jax.Array:
+  """The raw data of the base key, replicated over every device of every process.
+
+  The base key lives on one local device. Orbax writes (and reads) nothing host-local in a
+  multi-process run, so there the key becomes a global replicated array (every process
+  holds the same key).
+  """
+  data = jax.random.key_data(key)
+  if jax.process_count() == 1:
+    return data
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(jax.devices()), ('all',)),
+                                        jax.sharding.PartitionSpec())
+  return jax.make_array_from_process_local_data(sharding, np.asarray(data))
+
+
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, minus its own queries of JAX's preemption service.
+
+  Orbax asks `reached_preemption_sync_point(step)` in every save, only to log. That
+  service compares the number of its latest query with the agreed stop point, so queries
+  must come from one monotone sequence: `loop.fit` makes them (see `loop._preemption`),
+  and decides when to save and stop.
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
 
 
 @dataclasses.dataclass
@@ -145,6 +215,7 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.every, self.keep, self.log = every, keep, log
     self._async = async_save
+    self._failed = False  # a save failed: closing must not raise its error a second time
     self._manager = self._make_manager()
 
   def _make_manager(self):
@@ -155,7 +226,7 @@ class Checkpointer:
     # before restoring it (see `_check_fits`).
     handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler(),
                 'data': IteratorHandler()}
-    return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    return _Manager(self.directory, options=options, item_handlers=handlers)
 
   def _say(self, msg: str):
     if jax.process_index() == 0:
@@ -177,24 +248,57 @@ class Checkpointer:
       return
     t0 = time.perf_counter()
     items = {
-        'state': ocp.args.StandardSave({'train': state, 'key': jax.random.key_data(key)}),
+        'state': ocp.args.StandardSave({'train': state, 'key': _key_data(key)}),
         'meta': ocp.args.JsonSave({'step': int(step), **(meta or {})}),
     }
     if iterator is not None and is_checkpointable(iterator):
       # The position now, not whenever a background save gets to it.
       items['data'] = IteratorSave(_Frozen(iterator.get_state()))
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-    if wait or not self._async:
-      self._manager.wait_until_finished()
+    with _orbax_errors_held() as held:
+      try:
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        if wait or not self._async:
+          self._manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        held.error = e
+        raise self._write_failed(step, e) from e
     self._say(f'[checkpoint] saved step {step} to {self.directory} '
               f'({time.perf_counter() - t0:.2f}s)')
 
+  def _write_failed(self, step: int | None, error: Exception) -> CheckpointWriteError:
+    """The one-line error for a failed save of `step` (None: a background save)."""
+    self._failed = True
+    cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
+    try:
+      kept = [s for s in self._manager.all_steps() if s != step]
+    except Exception:  # pylint: disable=broad-except
+      kept = []
+    intact = (f'the newest complete checkpoint is step {max(kept)}' if kept else
+              'no earlier checkpoint exists')
+    what = f'checkpoint {step}' if step is not None else 'a checkpoint'
+    return CheckpointWriteError(
+        f'writing {what} to {self.directory} failed ({type(error).__name__}: {cause}); '
+        f'{intact}. Free space or fix the filesystem, then run the same command to resume.')
+
   def wait(self):
-    self._manager.wait_until_finished()
+    """Blocks until a background save is complete; raises CheckpointWriteError if it failed."""
+    with _orbax_errors_held() as held:
+      try:
+        self._manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        held.error = e
+        raise self._write_failed(None, e) from e
 
   def close(self):
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for background saves and closes the manager. After a failed save (already
+    reported) it only cleans up, so that the first error is the one that propagates."""
+    failed_before = self._failed
+    try:
+      self.wait()
+      self._manager.close()
+    except Exception:  # pylint: disable=broad-except
+      if not failed_before:
+        raise
 
   def _check_fits(self, step: int, abstract: Any, iterator):
     """Raises CheckpointMismatchError if readable metadata disagrees with the template."""
@@ -217,7 +321,7 @@ class Checkpointer:
 
   def _restore_step(self, step: int, template: Any, key: jax.Array, iterator) -> Restored:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                            {'train': template, 'key': jax.random.key_data(key)})
+                            {'train': template, 'key': _key_data(key)})
     self._check_fits(step, abstract, iterator)
     items = {'state': ocp.args.StandardRestore(abstract), 'meta': ocp.args.JsonRestore()}
     if iterator is not None and is_checkpointable(iterator):
@@ -227,8 +331,10 @@ class Checkpointer:
     if int(meta.get('step', -1)) != step:
       raise ValueError(f'checkpoint {step} says it is step {meta.get("step")}')
     state = out['state']['train']
-    saved_key = jax.random.wrap_key_data(np.asarray(out['state']['key']),
-                                         impl=jax.random.key_impl(key))
+    raw = out['state']['key']
+    if isinstance(raw, jax.Array) and not raw.is_fully_addressable:
+      raw = raw.addressable_data(0)  # multi-process: this process's copy (see _key_data)
+    saved_key = jax.random.wrap_key_data(np.asarray(raw), impl=jax.random.key_impl(key))
     return Restored(state=state, key=saved_key, step=step, meta=meta)
 
   def _quarantine(self, step: int, error: Exception):
@@ -278,11 +384,12 @@ class Checkpointer:
 # The config guard.
 
 # Fields that may change between a run and its resumption without changing the result:
-# logging, checkpoint cadence, evaluation-only output and the guard's own flag. Anything
-# else (including train.steps, which sets the length of the lr schedule) must match.
+# logging, checkpoint cadence, the workdir lock's timeout, evaluation-only output and the
+# guard's own flag. Anything else (including train.steps, which sets the length of the lr
+# schedule) must match.
 RESUMABLE_FIELDS = ('train.log_every', 'checkpoint.every', 'checkpoint.keep',
                     'checkpoint.async_save', 'checkpoint.allow_config_mismatch',
-                    'logging.*', 'eval.plots', 'distributed.*')
+                    'checkpoint.lock_timeout', 'logging.*', 'eval.plots', 'distributed.*')
 
 
 class ConfigMismatchError(ValueError):

@@ -15,6 +15,7 @@ device count).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import sys
@@ -96,6 +97,48 @@ def _sigterm_flag(enabled: bool):
     signal.signal(signal.SIGTERM, previous)
 
 
+# Arguments of `reached_preemption_sync_point` in this process. JAX's protocol wants a
+# number that only grows and that every process passes in the same sequence: not the step,
+# which starts again at 0 for each method a task trains (a notice that arrives between two
+# fits would name a sync point the next fit never reaches). Every process runs the same
+# fits and steps, so this count agrees between them.
+_sync_calls = itertools.count(1)
+
+
+@contextlib.contextmanager
+def _preemption(enabled: bool):
+  """Yields `stop()`, which every process calls once per step: True when training must stop.
+
+  One process: True once SIGTERM has arrived (a Python signal handler; nothing else runs
+  per step). Several processes: SIGTERM reaches one host first, or only one, yet all must
+  checkpoint the same step. JAX's preemption service (started by `jax.distributed.
+  initialize`, on unless `jax_enable_preemption_service` is off) catches SIGTERM in every
+  process, spreads the notice through the coordination service and agrees on a step (the
+  furthest process's next one); `reached_preemption_sync_point` is True on every process
+  at that step. Python's own SIGTERM handler must then stay uninstalled, as it would
+  replace the service's. Without the service, each process's SIGTERM flag is OR-ed over
+  all processes every step (a small host all-gather per step).
+  """
+  if not enabled:
+    yield lambda: False
+    return
+  if jax.process_count() == 1:
+    with _sigterm_flag(True) as flag:
+      yield lambda: bool(flag)
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  sync = lambda: multihost_utils.reached_preemption_sync_point(next(_sync_calls))
+  try:
+    first = [sync()]  # this call stands for the first step's, so its answer is kept
+  except RuntimeError:  # the preemption service is disabled
+    first = None
+  if first is not None:
+    yield lambda: first.pop() if first else sync()
+    return
+  with _sigterm_flag(True) as flag:
+    yield lambda: bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
+
+
 def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
         key: jax.Array, log_every: int = 100, name: str = 'train',
         extra_metrics: Callable[[Any], dict] | None = None,
@@ -129,7 +172,8 @@ def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
     writer: a `cgml_jax.training.writers` writer; the recorded metrics go to it as `name/metric`.
     mesh: device mesh with a `data` axis (default: all devices, `parallel.make_mesh()`).
     handle_sigterm: on SIGTERM, finish the current step, checkpoint it and raise
-      `Preempted`.
+      `Preempted`. In a multi-process run SIGTERM to any one process stops every process
+      at the same step (see `_preemption`).
 
   Returns:
     (final state, history: list of {'step': s, **metrics} dicts, including the part
@@ -199,9 +243,9 @@ def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
       writer.flush()
 
   pending = None
-  with _sigterm_flag(handle_sigterm) as sigterm:
+  with _preemption(handle_sigterm) as preempted:
     for step in range(start, num_steps):
-      if sigterm:
+      if preempted():
         if pending is not None:
           settle(pending)
         if checkpointer is not None:

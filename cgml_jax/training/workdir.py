@@ -5,25 +5,98 @@ from __future__ import annotations
 import os
 import time
 
+import jax
 import ml_collections
+import numpy as np
 
 from cgml_jax.training import checkpoint, loop, optim, parallel, writers
+from cgml_jax.training import lock as lock_lib
+# Re-exported: callers of `prepare` catch these.
+from cgml_jax.training.lock import WorkdirError, WorkdirLocked  # noqa: F401
+
+
+def ensure_workdir(workdir: str) -> str:
+  """Creates `workdir` if needed and checks that it is a writable directory.
+
+  Returns:
+    Its absolute path.
+
+  Raises:
+    WorkdirError: it cannot be created (a parent is a file, no permission, read-only
+      filesystem, ...) or written; the message is one line.
+  """
+  path = os.path.abspath(workdir)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f'cannot create workdir {path}: {e.strerror or e}'
+                       + (f' ({e.filename})' if e.filename and e.filename != path else '')
+                       ) from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(f'workdir {path} is not writable by this user')
+  return path
+
+
+def claim(workdir: str, *, timeout: float | None = None, log=None):
+  """Takes the workdir lock on process 0 and tells every process whether that worked.
+
+  Only process 0 locks (one run is one lock, however many hosts it spans); if it is
+  refused, every process raises, so that no host trains into a workdir it does not own.
+
+  Args:
+    workdir: an existing directory.
+    timeout: lock takeover timeout in seconds (see `cgml_jax.training.lock`).
+    log: stream for the takeover message.
+
+  Returns:
+    The `lock.WorkdirLock` on process 0, None on the others.
+
+  Raises:
+    WorkdirLocked / WorkdirError: on every process, if process 0 could not take the lock.
+  """
+  multi = jax.distributed.is_initialized() and jax.process_count() > 1
+  # Without jax.distributed this is process 0; asking jax would start the backend first.
+  primary = not multi or jax.process_index() == 0
+  held, error = None, None
+  if primary:
+    try:
+      held = lock_lib.acquire(workdir, timeout=timeout, log=log)
+    except WorkdirError as e:
+      error = e
+  if multi:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not ok and error is None:
+      raise WorkdirLocked(f'process 0 could not take the lock of workdir {workdir} '
+                          '(its output says why)')
+  if error is not None:
+    raise error
+  return held
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str):
-  """Joins the hosts (config.distributed), checks the workdir's config, opens the writer.
+  """Joins the hosts (config.distributed), locks the workdir, checks its config, opens the
+  writer.
 
-  A workdir written by a different config is refused here, before any work, unless
-  `config.checkpoint.allow_config_mismatch` (see `checkpoint.check_workdir_config`).
+  The workdir is created if needed and locked for the rest of the process's life (see
+  `cgml_jax.training.lock`): a second run on it is refused here, before any work. The
+  takeover timeout is `config.checkpoint.lock_timeout` if the config has that field, else
+  $CGML_LOCK_TIMEOUT, else `lock.DEFAULT_TIMEOUT`. A workdir written by a different config
+  is refused too, unless `config.checkpoint.allow_config_mismatch` (see
+  `checkpoint.check_workdir_config`).
 
   Returns:
     The metric writer of `workdir/logs`.
+
+  Raises:
+    WorkdirError: the workdir cannot be created or written, or another run holds it.
   """
   d = config.get('distributed')
   if d is not None:
     parallel.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
                                     d.process_id if d.process_id >= 0 else None)
-  os.makedirs(workdir, exist_ok=True)
+  ensure_workdir(workdir)
+  claim(workdir, timeout=config.get('checkpoint', {}).get('lock_timeout'))
   checkpoint.check_workdir_config(workdir, config,
                                   allow_mismatch=config.checkpoint.allow_config_mismatch)
   return writers.create_writer(os.path.join(workdir, 'logs'),
