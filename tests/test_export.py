@@ -79,3 +79,36 @@ def test_sample_command_on_a_folder(run, tmp_path):
   assert not any('colour.png' in l for l in lines)  # already the model's size
   out = np.asarray(Image.open(tmp_path / 'out' / 'colour_sample0.png'))
   assert out.ndim == 3 and out.shape[-1] == 3
+
+
+def test_sample_command_completion_masks(tmp_path):
+  """Completion: a mask PNG (white = hole, resized to the model) or a named protocol."""
+  from cgml_jax import cgml
+  from cgml_jax.tasks import complete, methods
+  from cgml_jax.training import optim
+  from experiments import complete as complete_config
+  config = complete_config.get_config('smoke')
+  task = complete.make_task(config.data.channels)
+  enc, gen, lat = image.build_models(task, config)
+  s = config.data.image_size
+  tx = optim.from_config(config.train, config.train.lr)
+  state = cgml.CGMLState.create(jax.random.key(0), np.zeros((1, s, s, 4), np.float32),
+                                encoder=enc, generator=gen, latent_net=lat, tx_hg=tx,
+                                tx_latent=tx, hp=methods.hyper(config))
+  model_dir = export.export(state, config, tmp_path / 'model')
+  rng = np.random.default_rng(1)
+  Image.fromarray(rng.integers(0, 255, (s, s, 3), np.uint8)).save(tmp_path / 'face.png')
+  hole = np.zeros((2 * s, 2 * s), np.uint8)
+  hole[s // 2:s, s // 2:s] = 255
+  Image.fromarray(hole).save(tmp_path / 'hole.png')
+  for mask in ('center', str(tmp_path / 'hole.png')):
+    out = tmp_path / f'out_{len(mask)}'
+    sample_cmd.run(str(model_dir), str(tmp_path / 'face.png'), str(out), 2, mask=mask,
+                   log=lambda line: None)
+    assert sorted(os.listdir(out)) == ['face_grid.png', 'face_sample0.png', 'face_sample1.png',
+                                       'grid.png']
+    # Outside the hole the output is the observed image (completion composites).
+    got = np.asarray(Image.open(out / 'face_sample0.png')).astype(int)
+    scale = got.shape[0] // s
+    want = np.asarray(Image.open(tmp_path / 'face.png')).astype(int)
+    assert np.abs(got[::scale, ::scale][0, 0] - want[0, 0]).max() <= 1
