@@ -197,8 +197,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ConfigError: one line naming the first wrong field and the values it allows.
   """
   # pylint: disable=g-import-not-at-top; these import jax and the models, configs does not.
-  import jax
-
   from cgml_jax import cgml
   from cgml_jax.models import conv, layers
   from cgml_jax.tasks import methods as methods_lib
@@ -245,8 +243,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # Data. The global batch is split over every device of the data mesh.
   _int(config, 'data.batch_size', 1)
   batch = _get(config, 'data.batch_size')
-  n_dev = jax.device_count()
-  if batch is not _MISSING and batch % n_dev:
+  n_dev = _device_count(config)
+  if batch is not _MISSING and n_dev and batch % n_dev:
     _fail('data.batch_size', batch, f'a multiple of the {n_dev} devices, e.g. '
           f'{max(n_dev, batch // n_dev * n_dev)}')
   _int(config, 'data.num_train', 0 if task == 'spectral3d' else 1)
@@ -293,6 +291,26 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(config, 'mrgan.dist', mrgan.DISTRIBUTIONS)
   _int(config, 'mrgan.num_samples', 2)
   return config
+
+
+def _device_count(config) -> int | None:
+  """jax.device_count(), or None where asking would be too early: a multi-process run
+  must join (jax.distributed.initialize) before JAX starts its backend, and that happens
+  later, in `training.workdir.prepare`; its batch is checked there."""
+  import os
+
+  import jax
+
+  from cgml_jax.training import parallel
+  if not jax.distributed.is_initialized():
+    d = config.get('distributed')
+    env = (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID)
+    configured = d is not None and (d.coordinator_address or d.num_processes > 0
+                                    or d.process_id >= 0)
+    auto = parallel._AUTO_DETECTED  # pylint: disable=protected-access
+    if configured or any(k in os.environ for k in env + tuple(auto)):
+      return None
+  return jax.device_count()
 
 
 # The largest image side the conv stack is built for: a side needs log2(S / bottleneck)

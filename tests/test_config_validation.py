@@ -1,5 +1,6 @@
 """Config mistakes are one-line `ConfigError`s naming the field, before any work starts."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -60,9 +61,16 @@ def test_bad_field_is_one_line_config_error(tmp_path, module, variant, field, va
   assert not workdir.exists()  # nothing was started
 
 
-@pytest.mark.parametrize('module', [colorize, complete, toy, spectral3d])
-def test_shipped_configs_are_valid(module):
-  for variant in (None, 'smoke'):
+VARIANTS = {'colorize': (None, 'smoke'), 'complete': (None, 'cpu', 'smoke'),
+            'translate': (None, 'cpu', 'smoke'), 'toy': (None, 'smoke', 'multimode'),
+            'spectral3d': (None, 'smoke'), 'mnist_corrupted': (None, 'box', 'smoke'),
+            'compare_mnist': (None, 'box', 'smoke'), 'compare_facades': (None, 'cpu', 'smoke')}
+
+
+@pytest.mark.parametrize('name', sorted(VARIANTS))
+def test_shipped_configs_are_valid(name):
+  module = importlib.import_module(f'experiments.{name}')
+  for variant in VARIANTS[name]:
     configs.validate(module.get_config(variant))
 
 
@@ -78,3 +86,25 @@ def test_launcher_reports_the_field(tmp_path):
   assert 'config.train.steps = -5' in out.stdout + out.stderr
   assert 'IndexError' not in out.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_batch_must_split_over_the_devices(monkeypatch):
+  import jax
+  monkeypatch.setattr(jax, 'device_count', lambda: 4)
+  config = colorize.get_config('smoke')
+  config.data.batch_size = 6
+  with pytest.raises(configs.ConfigError, match=r'data.batch_size = 6.*multiple of the 4 '):
+    configs.validate(config)
+  config.data.batch_size = 8
+  configs.validate(config)
+
+
+def test_multi_process_runs_are_not_initialised_early(monkeypatch):
+  """JAX's backend must not start before jax.distributed.initialize (in workdir.prepare)."""
+  import jax
+
+  def too_early():
+    raise AssertionError('validate started the JAX backend before the hosts joined')
+  monkeypatch.setattr(jax, 'device_count', too_early)
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', 'localhost:1234')
+  configs.validate(colorize.get_config('smoke'))
