@@ -70,3 +70,33 @@ def test_unroll_auto_by_platform(monkeypatch, plat, expected):
 def test_unroll_rejects_other_values():
   with pytest.raises(ValueError, match='train.unroll must be one of'):
     methods.resolve_unroll('yes')
+
+
+@pytest.mark.slow  # two conv train-step compiles (~30 s of CPU)
+def test_cgml_step_with_gpu_defaults_equals_plain(monkeypatch):
+  """The whole cGML step with the GPU/TPU defaults ('plain' layers, rolled scan) is the
+  step with impl='plain' and unroll=False given explicitly."""
+  from cgml_jax import cgml
+  from cgml_jax.models.conv import build_conv_models
+  from cgml_jax.training import optim
+
+  monkeypatch.setattr(layers, 'platform', lambda: 'gpu')
+  config = configs.base('colorize')
+  config.train.inner_steps = 2  # a rolled scan of two iterations; compile time is the cost
+  rng = np.random.default_rng(0)
+  batch = {'x': jnp.asarray(rng.normal(size=(2, 8, 8, 1)), jnp.float32),
+           'y': jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 2)), jnp.float32)}
+  out = {}
+  for impl, unroll in (('auto', 'auto'), ('plain', False)):
+    config.train.unroll = unroll
+    hp = methods.hyper(config)
+    enc, gen, lat = build_conv_models(8, 1, 2, 4, base_channels=4, max_channels=8,
+                                      latent_hidden=(8,), impl=impl)
+    tx = optim.make_optimizer(1e-3)
+    state = cgml.CGMLState.create(jax.random.key(0), batch['x'], encoder=enc, generator=gen,
+                                  latent_net=lat, tx_hg=tx, tx_latent=tx, hp=hp)
+    out[impl] = jax.jit(cgml.train_step)(state, batch, jax.random.key(1))
+  assert out['auto'][0].hp.unroll is False
+  for a, b in zip(jax.tree.leaves(out['auto'][0].params),
+                  jax.tree.leaves(out['plain'][0].params)):
+    np.testing.assert_array_equal(a, b)
