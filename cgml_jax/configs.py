@@ -4,7 +4,8 @@ A task's `get_config(arg)` (experiments/*.py) starts from `base(task)`, which ho
 blocks every experiment shares (seed, methods, latent, train, checkpoint, logging,
 distributed), then sets only what differs, like flax's `configs/v100_x8.py`. Variants are
 passed big_vision style, `--config=experiments/toy.py:smoke,seed=2`, and read with
-`parse_arg`.
+`parse_arg`. `validate(config)` checks every field that can be wrong before any work
+starts and raises a one-line `ConfigError` naming the field and its allowed values.
 """
 
 from __future__ import annotations
