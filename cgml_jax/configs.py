@@ -4,7 +4,8 @@ A task's `get_config(arg)` (experiments/*.py) starts from `base(task)`, which ho
 blocks every experiment shares (seed, methods, latent, train, checkpoint, logging,
 distributed), then sets only what differs, like flax's `configs/v100_x8.py`. Variants are
 passed big_vision style, `--config=experiments/toy.py:smoke,seed=2`, and read with
-`parse_arg`.
+`parse_arg`. `validate(config)` checks every field that can be wrong before any work
+starts and raises a one-line `ConfigError` naming the field and its allowed values.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def base(task: str, methods: tuple[str, ...] = ('l1', 'cgml')) -> ml_collections
   c.train.steps = 1000         # batches per method
   c.train.inner_steps = 3      # l of Algorithm 1
   c.train.generator_update = 'every'  # (H, G) step at 'every' inner step, or the 'last'
-  c.train.unroll = True        # unrolled inner scan (fast on XLA:CPU); False: one copy
+  # Inner scan unrolled (True; fast on XLA:CPU) or one rolled copy (False); 'auto' unrolls
+  # on CPU only (cgml_jax.tasks.methods.resolve_unroll). Any of the three may be given.
+  c.train.unroll = ml_collections.FieldReference('auto', field_type=object)
   c.train.lr = 1e-3            # Adam, (H, G) and the L1 baseline
   c.train.lr_latent = 1e-3     # Adam, Z
   c.train.schedule = 'cosine'  # over train.steps batches: every inner update of a batch
@@ -121,3 +124,210 @@ def add_peer_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.mrgan.lr = 1e-4            # AMSGrad (released configs) for P, G, D
   c.mrgan.predictor_steps = 500  # extra steps of P before G (MLMM losses only)
   return c
+
+
+# ---------------------------------------------------------------------------------------
+# Validation: every field that can be wrong, checked before any work starts.
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the library cannot use; the message is one line."""
+
+
+_MISSING = object()
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split('.'):
+    if node is None or not hasattr(node, 'get') or part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+def _fail(field: str, value, allowed: str):
+  raise ConfigError(f'config.{field} = {value!r} is not allowed; expected {allowed}')
+
+
+def _int(config, field: str, lo: int, allowed: str | None = None):
+  v = _get(config, field)
+  if v is _MISSING:
+    return
+  if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+    _fail(field, v, allowed or f'an integer >= {lo}')
+
+
+def _num(config, field: str, lo: float, hi: float | None = None, lo_open: bool = True):
+  v = _get(config, field)
+  if v is _MISSING:
+    return
+  ok = not isinstance(v, bool) and isinstance(v, (int, float))
+  ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)
+  if not ok:
+    rng = f"{'>' if lo_open else '>='} {lo}" + (f' and <= {hi}' if hi is not None else '')
+    _fail(field, v, f'a number {rng}')
+
+
+def _choice(config, field: str, allowed: tuple):
+  v = _get(config, field)
+  # Types must match too: True == 1 in Python, but 1 is no unroll flag.
+  if v is not _MISSING and not any(type(v) is type(a) and v == a for a in allowed):
+    _fail(field, v, f'one of {allowed}')
+
+
+def _bool(config, field: str):
+  v = _get(config, field)
+  if v is not _MISSING and not isinstance(v, bool):
+    _fail(field, v, 'True or False')
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every field that can be wrong, before any work starts.
+
+  Fields a config does not have are skipped (the toy has no images, the image tasks no
+  toy modes). `cgml_jax.train.train_and_evaluate` calls this first.
+
+  Args:
+    config: an experiment config (experiments/*.py).
+
+  Returns:
+    The config, unchanged.
+
+  Raises:
+    ConfigError: one line naming the first wrong field and the values it allows.
+  """
+  # pylint: disable=g-import-not-at-top; these import jax and the models, configs does not.
+  from cgml_jax import cgml
+  from cgml_jax.models import conv, layers
+  from cgml_jax.tasks import methods as methods_lib
+  from cgml_jax.train import TASKS
+  from cgml_jax.training import optim
+
+  task = _get(config, 'task')
+  if task not in TASKS:
+    _fail('task', task, f'one of {tuple(sorted(TASKS))}')
+  methods = _get(config, 'methods')
+  if methods is not _MISSING:
+    if isinstance(methods, str) or not methods:
+      _fail('methods', methods, "a non-empty tuple of method names, e.g. ('l1', 'cgml')")
+    for m in methods:
+      try:
+        methods_lib.parse(m)
+      except ValueError as e:
+        raise ConfigError(f'config.methods: {e}') from None
+    if len(set(methods)) != len(methods):
+      _fail('methods', methods, 'each method at most once')
+  _int(config, 'seed', 0)
+
+  # Training.
+  _int(config, 'train.steps', 1)
+  _int(config, 'train.inner_steps', 1)
+  _num(config, 'train.lr', 0.0)
+  _num(config, 'train.lr_latent', 0.0)
+  _choice(config, 'train.schedule', optim.SCHEDULES)
+  _int(config, 'train.warmup_steps', 0)
+  _num(config, 'train.grad_clip', 0.0, lo_open=False)
+  _int(config, 'train.log_every', 1)
+  _choice(config, 'train.generator_update', cgml.GENERATOR_UPDATES)
+  _choice(config, 'train.unroll', methods_lib.UNROLL_VALUES)
+
+  # Algorithm 1 and Eq. 4.
+  _choice(config, 'latent.init', cgml.LATENT_INITS)
+  _num(config, 'latent.step_size', 0.0)
+  _num(config, 'latent.step_size_decay', 0.0, 1.0)
+  _num(config, 'latent.alpha', 0.0, lo_open=False)
+  _bool(config, 'latent.use_momentum')
+  _bool(config, 'latent.clip_step')
+  _int(config, 'latent.traverse_steps', 0)
+
+  # Data. The global batch is split over every device of the data mesh.
+  _int(config, 'data.batch_size', 1)
+  batch = _get(config, 'data.batch_size')
+  n_dev = _device_count(config)
+  if batch is not _MISSING and n_dev and batch % n_dev:
+    _fail('data.batch_size', batch, f'a multiple of the {n_dev} devices, e.g. '
+          f'{max(n_dev, batch // n_dev * n_dev)}')
+  _int(config, 'data.num_train', 0 if task == 'spectral3d' else 1)
+  _int(config, 'data.num_test', 0 if task == 'spectral3d' else 1)
+  _int(config, 'data.num_threads', 1)
+  _int(config, 'data.channels', 1)
+
+  # Model.
+  _int(config, 'model.z_dim', 1)
+  _choice(config, 'model.impl', layers.IMPLS)
+  _choice(config, 'model.z_injection', conv.Z_INJECTIONS)
+  _choice(config, 'model.out_activation', ('tanh', 'sigmoid', 'none'))
+  for f in ('base_channels', 'max_channels', 'bottleneck_size', 'width', 'depth', 'h_dim'):
+    _int(config, f'model.{f}', 1)
+  _num(config, 'model.lipschitz', 0.0)
+  hidden = _get(config, 'model.latent_hidden')
+  if hidden is not _MISSING and (isinstance(hidden, (str, int)) or any(
+      isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in hidden)):
+    _fail('model.latent_hidden', hidden, 'a tuple of widths >= 1, e.g. (128, 128)')
+  _check_image_size(config)
+
+  # Checkpoints and evaluation.
+  _int(config, 'checkpoint.every', 1)
+  _int(config, 'checkpoint.keep', 1)
+  for f in ('num_test', 'num_samples', 'batch_size', 'grid_rows', 'grid_samples',
+            'trajectory_starts', 'trajectory_frames'):
+    _int(config, f'eval.{f}', 1)
+  if task == 'complete':
+    from cgml_jax.tasks import complete
+    protocols = _get(config, 'eval.protocols')
+    if protocols is not _MISSING and (isinstance(protocols, str) or not protocols or any(
+        p not in complete.PROTOCOLS for p in protocols)):
+      _fail('eval.protocols', protocols, f'a non-empty tuple of {complete.PROTOCOLS}')
+    _num(config, 'data.mask_min', 0.0, 1.0)
+    _num(config, 'data.mask_max', 0.0, 1.0)
+
+  # Peers.
+  _num(config, 'gan.lr', 0.0)
+  _int(config, 'gan.disc_features', 1)
+  _num(config, 'mrgan.lr', 0.0)
+  if _get(config, 'mrgan.loss') is not _MISSING:
+    from cgml_jax.peers import mrgan
+    _choice(config, 'mrgan.loss', mrgan.LOSSES)
+    _choice(config, 'mrgan.dist', mrgan.DISTRIBUTIONS)
+  _int(config, 'mrgan.num_samples', 2)
+  return config
+
+
+def _device_count(config) -> int | None:
+  """jax.device_count(), or None where asking would be too early: a multi-process run
+  must join (jax.distributed.initialize) before JAX starts its backend, and that happens
+  later, in `training.workdir.prepare`; its batch is checked there."""
+  import os
+
+  import jax
+
+  from cgml_jax.training import parallel
+  if not jax.distributed.is_initialized():
+    d = config.get('distributed')
+    env = (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID)
+    configured = d is not None and (d.coordinator_address or d.num_processes > 0
+                                    or d.process_id >= 0)
+    auto = parallel._AUTO_DETECTED  # pylint: disable=protected-access
+    if configured or any(k in os.environ for k in env + tuple(auto)):
+      return None
+  return jax.device_count()
+
+
+# The largest image side the conv stack is built for: a side needs log2(S / bottleneck)
+# stride-2 blocks, and beyond this the 4x4 stride-2 stack's memory is out of reach.
+MAX_IMAGE_SIZE = 4096
+
+
+def _check_image_size(config):
+  """data.image_size: the conv stack pads S up to bottleneck_size * 2^k (k >= 1 blocks)."""
+  size = _get(config, 'data.image_size')
+  if size is _MISSING:
+    return
+  _int(config, 'data.image_size', 1, f'an integer in [1, {MAX_IMAGE_SIZE}]')
+  if size > MAX_IMAGE_SIZE:
+    _fail('data.image_size', size, f'an integer in [1, {MAX_IMAGE_SIZE}]')
+  bottleneck = _get(config, 'model.bottleneck_size')
+  if bottleneck is not _MISSING and isinstance(bottleneck, int) and bottleneck > size:
+    _fail('model.bottleneck_size', bottleneck,
+          f'an integer in [1, data.image_size = {size}] (H downsamples to it)')

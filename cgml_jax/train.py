@@ -10,6 +10,7 @@ import subprocess
 import jax
 import ml_collections
 
+from cgml_jax import configs
 from cgml_jax.training import checkpoint
 
 # task name -> module with `train_and_evaluate(config, workdir) -> dict`.
@@ -55,10 +56,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns:
     The metrics written to `workdir/metrics.json`.
+
+  Raises:
+    configs.ConfigError: a config field holds a value the library cannot use (checked
+      before any work starts, `configs.validate`).
   """
+  configs.validate(config)
   task = config.get('task')
-  if task not in TASKS:
-    raise ValueError(f'unknown config.task {task!r}; expected one of {sorted(TASKS)}')
   out = importlib.import_module(TASKS[task]).train_and_evaluate(config, workdir)
   path = os.path.join(workdir, 'metrics.json')
   if jax.process_index() == 0 and os.path.exists(path):

@@ -1,18 +1,39 @@
-"""notebooks/quickstart.ipynb runs top to bottom (nbclient, kernel python3) and shows images."""
+"""The notebooks run top to bottom (nbclient, kernel python3) at smoke size and show images.
+
+The kernel imports this checkout (PYTHONPATH), and CGML_NOTEBOOK_SMOKE=1 makes each
+notebook pick its smoke budget, as it would on a CPU runtime with that variable set.
+"""
 
 import os
+import time
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         'notebooks')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(ROOT, 'notebooks')
 
 
-def test_quickstart_notebook_runs():
-  nb = nbformat.read(os.path.join(NOTEBOOKS, 'quickstart.ipynb'), as_version=4)
+@pytest.mark.parametrize('name,min_images', [('quickstart.ipynb', 2), ('toy.ipynb', 2)])
+def test_notebook_runs(monkeypatch, name, min_images):
+  monkeypatch.setenv('CGML_NOTEBOOK_SMOKE', '1')
+  monkeypatch.setenv('PYTHONPATH', ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
   client = NotebookClient(nb, timeout=170, kernel_name='python3',
                           resources={'metadata': {'path': NOTEBOOKS}})
+  t0 = time.perf_counter()
   client.execute()  # raises CellExecutionError naming the failing cell
+  print(f'{name}: {time.perf_counter() - t0:.1f}s')
   outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
-  assert sum('image/png' in o.get('data', {}) for o in outputs) >= 2
+  assert sum('image/png' in o.get('data', {}) for o in outputs) >= min_images
+  text = ''.join(o.get('text', '') for o in outputs)
+  assert 'Device' in text or 'Cpu' in text  # jax.devices() printed
+
+
+def test_notebooks_open_with_the_install_cell():
+  for name in sorted(os.listdir(NOTEBOOKS)):
+    if name.endswith('.ipynb'):
+      nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+      first = next(c for c in nb.cells if c.cell_type == 'code').source
+      assert "REPO = 'https://github.com/" in first and "find_spec('cgml_jax') is None" in first

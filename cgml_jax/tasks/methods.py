@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cgml_jax import cgml, regression
+from cgml_jax.models import layers
 from cgml_jax.peers import basisgan as basis_lib
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import methods as peers
@@ -59,15 +60,36 @@ def is_deterministic(name: str) -> bool:
   return parse(name)[0] in DETERMINISTIC
 
 
+UNROLL_VALUES = ('auto', True, False)
+
+
+def resolve_unroll(value) -> bool:
+  """`train.unroll`: True or False as given; 'auto' unrolls on CPU only.
+
+  XLA:CPU runs convolutions inside a `while` loop through a slow generic path, so the
+  inner scan is unrolled there. GPU and TPU run loop bodies at full speed, so one rolled
+  copy keeps compile time independent of l. The same rule picks the conv layers' form
+  (`cgml_jax.models.layers.platform`).
+  """
+  if isinstance(value, bool):
+    return value
+  if value == 'auto':
+    return layers.platform() == 'cpu'
+  raise ValueError(f'train.unroll must be one of {UNROLL_VALUES}, got {value!r}')
+
+
 def hyper(config: ml_collections.ConfigDict, method: str = 'cgml') -> cgml.Hyper:
-  """`cgml.Hyper` of a config's latent, train and model blocks (see cgml_jax.configs)."""
+  """`cgml.Hyper` of a config's latent, train and model blocks (see cgml_jax.configs).
+
+  `train.unroll='auto'` is resolved here, for the backend in use (`resolve_unroll`).
+  """
   lat, t = config.latent, config.train
   return cgml.Hyper(
       z_dim=int(config.model.z_dim), step_size=lat.step_size, alpha=lat.alpha,
       inner_steps=t.inner_steps,
       use_momentum=lat.use_momentum and parse(method)[0] != 'cgml_no_rho',
       generator_update=t.generator_update, latent_init=lat.init, clip_step=lat.clip_step,
-      step_size_decay=lat.step_size_decay, unroll=t.unroll)
+      step_size_decay=lat.step_size_decay, unroll=resolve_unroll(t.unroll))
 
 
 @dataclasses.dataclass
