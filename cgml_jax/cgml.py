@@ -307,7 +307,8 @@ class CGMLState(struct.PyTreeNode):
       variables['latent'] = latent_net.init(k_lat, z, h, train=False)
       params = {k: v['params'] for k, v in variables.items()}
       stats = {k: {c: s for c, s in v.items() if c != 'params'} for k, v in variables.items()}
-      opt_state = {'hg': tx_hg.init(_hg(params)), 'latent': tx_latent.init(params['latent'])}
+      opt_state = {'hg': tx_hg.init(hg_params(params)),
+                   'latent': tx_latent.init(params['latent'])}
       z_table = None
       if hp.latent_init == 'persistent':
         z_table = sample_sphere(k_table, (num_examples, hp.z_dim))
@@ -321,12 +322,33 @@ class CGMLState(struct.PyTreeNode):
                latent_net=latent_net, tx_hg=tx_hg, tx_latent=tx_latent, loss_fn=loss_fn, hp=hp)
 
 
-def _hg(tree):
+def hg_params(tree: PyTree) -> PyTree:
+  """The (H, G) part of a {'encoder', 'generator', 'latent'} tree: what `tx_hg` updates.
+
+  Args:
+    tree: a dict with at least the keys 'encoder' and 'generator' (params, grads, ...).
+
+  Returns:
+    {'encoder': tree['encoder'], 'generator': tree['generator']}.
+  """
   return {'encoder': tree['encoder'], 'generator': tree['generator']}
 
 
-def _apply(module: nn.Module, params, stats, *args, train: bool, **kwargs):
-  """Applies `module`; with train=True also returns its updated non-param collections."""
+def apply_module(module: nn.Module, params: PyTree, stats: PyTree, *args, train: bool,
+                 **kwargs) -> tuple[Any, PyTree]:
+  """Applies a Flax module to its params and non-param collections (`stats`).
+
+  Args:
+    module: the Flax module (H, G or Z).
+    params: its 'params' collection.
+    stats: its other collections by name (e.g. spectral-norm `batch_stats`), maybe {}.
+    *args: the module's positional inputs.
+    train: passed to the module; True also lets it update `stats`.
+    **kwargs: further keywords of the module.
+
+  Returns:
+    (output, stats): with train=True the updated collections, otherwise `stats` unchanged.
+  """
   variables = {'params': params, **stats}
   if train and stats:
     out, new_stats = module.apply(variables, *args, train=True, mutable=list(stats), **kwargs)
@@ -386,14 +408,14 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
   stop = jax.lax.stop_gradient
 
   def encode(params_enc, stats):
-    return _apply(state.encoder, params_enc, stats['encoder'], x, train=True)
+    return apply_module(state.encoder, params_enc, stats['encoder'], x, train=True)
 
   def inner(carry, t, update_hg: bool):
     params, stats, opt_state, z = carry
     if update_hg:
       (h, enc_stats), enc_vjp = jax.vjp(lambda p: encode(p, stats), params['encoder'])
     else:
-      h = _apply(state.encoder, params['encoder'], stats['encoder'], x, train=False)[0]
+      h = apply_module(state.encoder, params['encoder'], stats['encoder'], x, train=False)[0]
       enc_stats = stats['encoder']
     h_frozen = stop(h)
     # What G computes from h alone, once for the z step and the (H, G) step (see the
@@ -401,8 +423,8 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
     gen_kw = {}
     if share_h_terms:
       def h_terms_of(params_gen, h):
-        return _apply(state.generator, params_gen, stats['generator'], h, z, train=False,
-                      only_h_terms=True)[0]
+        return apply_module(state.generator, params_gen, stats['generator'], h, z,
+                            train=False, only_h_terms=True)[0]
 
       if update_hg:
         h_terms, h_terms_vjp = jax.vjp(h_terms_of, params['generator'], h)
@@ -412,8 +434,8 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
 
     # 1. z step: H, G, Z frozen, gradient with respect to z only.
     def error_at(z):
-      y_hat = _apply(state.generator, params['generator'], stats['generator'], h_frozen, z,
-                     train=False, **gen_kw)[0]
+      y_hat = apply_module(state.generator, params['generator'], stats['generator'],
+                           h_frozen, z, train=False, **gen_kw)[0]
       return state.loss_fn(y_hat, batch)
 
     beta = hp.step_size if hp.step_size_decay == 1 else hp.step_size * hp.step_size_decay ** t
@@ -424,8 +446,8 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
 
     # 3. Z step: H, G, z frozen.
     def z_loss(params_lat):
-      (r_hat, rho_hat), lat_stats = _apply(state.latent_net, params_lat, stats['latent'],
-                                            z, h_frozen, train=True)
+      (r_hat, rho_hat), lat_stats = apply_module(state.latent_net, params_lat,
+                                                 stats['latent'], z, h_frozen, train=True)
       return latent_loss(r_hat, rho_hat, z_next, rho, hp.use_momentum), (lat_stats, rho_hat)
 
     (loss_z, (lat_stats, rho_hat)), grads_lat = jax.value_and_grad(z_loss, has_aux=True)(
@@ -442,8 +464,8 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
     if update_hg:
       def hg_loss(params_gen, h, h_terms):
         kw = {'h_terms': h_terms} if share_h_terms else {}
-        y_hat, gen_stats = _apply(state.generator, params_gen, stats['generator'], h, z_next,
-                                  train=True, **kw)
+        y_hat, gen_stats = apply_module(state.generator, params_gen, stats['generator'], h,
+                                        z_next, train=True, **kw)
         return state.loss_fn(y_hat, batch).mean(), gen_stats
 
       terms_in = h_terms if share_h_terms else None
@@ -454,10 +476,10 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
                                           h_terms_vjp(grads_terms))
       (grads_enc,) = enc_vjp((grads_h, jax.tree.map(jnp.zeros_like, enc_stats)))
       grads = {'encoder': grads_enc, 'generator': grads_gen}
-      updates, opt_hg = state.tx_hg.update(grads, opt_state['hg'], _hg(params),
+      updates, opt_hg = state.tx_hg.update(grads, opt_state['hg'], hg_params(params),
                                            batch_step=state.step)
       norm_hg = optax.global_norm(updates)
-      params = {**params, **optax.apply_updates(_hg(params), updates)}
+      params = {**params, **optax.apply_updates(hg_params(params), updates)}
       stats = {**stats, 'encoder': enc_stats, 'generator': gen_stats}
       opt_state = {**opt_state, 'hg': opt_hg}
     else:
@@ -511,20 +533,20 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
 
 def encode(state: CGMLState, x: jax.Array) -> PyTree:
   """h = H(x) with the state's parameters (no statistics updates)."""
-  return _apply(state.encoder, state.params['encoder'], state.stats['encoder'], x,
-                train=False)[0]
+  return apply_module(state.encoder, state.params['encoder'], state.stats['encoder'], x,
+                      train=False)[0]
 
 
 def generate(state: CGMLState, h: PyTree, z: jax.Array) -> jax.Array:
   """y_hat = G(h, z)."""
-  return _apply(state.generator, state.params['generator'], state.stats['generator'], h, z,
-                train=False)[0]
+  return apply_module(state.generator, state.params['generator'], state.stats['generator'], h,
+                      z, train=False)[0]
 
 
 def latent_field(state: CGMLState, z: jax.Array, h: PyTree) -> tuple[jax.Array, jax.Array]:
   """(r_hat, rho_hat) = Z(z, h)."""
-  return _apply(state.latent_net, state.params['latent'], state.stats['latent'], z, h,
-                train=False)[0]
+  return apply_module(state.latent_net, state.params['latent'], state.stats['latent'], z, h,
+                      train=False)[0]
 
 
 def traverse_latent(state: CGMLState, h: PyTree, z0: jax.Array, num_steps: int,
@@ -566,7 +588,16 @@ def traverse(state: CGMLState, x: jax.Array, z0: jax.Array, num_steps: int,
   return (y_hat, out[1]) if return_trajectory else y_hat
 
 
-def _repeat(tree: PyTree, k: int) -> PyTree:
+def repeat_batch(tree: PyTree, k: int) -> PyTree:
+  """Each example of a batch pytree k times, rows grouped by example: (B, ...) -> (B k, ...).
+
+  Args:
+    tree: pytree of arrays with a leading batch axis B.
+    k: repetitions.
+
+  Returns:
+    The same pytree, row i * k + j a copy of example i.
+  """
   return jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), tree)
 
 
@@ -592,7 +623,7 @@ def sample(state: CGMLState, x: jax.Array, key: jax.Array, num_samples: int,
   """
   b = jax.tree.leaves(x)[0].shape[0]
   h = encode(state, x)
-  h_k = _repeat(h, num_samples)
+  h_k = repeat_batch(h, num_samples)
   z0 = sample_sphere(key, (b * num_samples, state.hp.z_dim))
   z = traverse_latent(state, h_k, z0, num_steps)
   if getattr(state.generator, 'accepts_sample_axis', False):
