@@ -171,7 +171,7 @@ def plain_flops(c) -> tuple[float, float]:
   train = _flops(jax.jit(cgml.train_step).lower(state, batch, jax.random.key(1)).compile())
   # The plain-equivalent inference: H once, G on h repeated K times (no sharing).
   def infer(state, x, key):
-    h = cgml._repeat(cgml.encode(state, x), c.num_samples)
+    h = cgml.repeat_batch(cgml.encode(state, x), c.num_samples)
     z0 = cgml.sample_sphere(key, (x.shape[0] * c.num_samples, c.z_dim))
     return cgml.generate(state, h, cgml.traverse_latent(state, h, z0, c.num_steps))
   infer_flops = _flops(jax.jit(infer).lower(state, batch['x'], jax.random.key(2)).compile())

@@ -307,26 +307,48 @@ class CGMLState(struct.PyTreeNode):
       variables['latent'] = latent_net.init(k_lat, z, h, train=False)
       params = {k: v['params'] for k, v in variables.items()}
       stats = {k: {c: s for c, s in v.items() if c != 'params'} for k, v in variables.items()}
-      opt_state = {'hg': tx_hg.init(_hg(params)), 'latent': tx_latent.init(params['latent'])}
+      opt_state = {'hg': tx_hg.init(hg_params(params)),
+                   'latent': tx_latent.init(params['latent'])}
       z_table = None
       if hp.latent_init == 'persistent':
         z_table = sample_sphere(k_table, (num_examples, hp.z_dim))
       return params, stats, opt_state, z_table
 
-    # One XLA program: run eagerly, the inits compile each small op on its own (the bench's
-    # smoke config: 193 compiles, 16 s; one program: about 8 s, mostly threefry on CPU).
+    # One XLA program: run eagerly, the inits would compile each of their many small ops on
+    # its own, which takes longer than compiling them all once.
     params, stats, opt_state, z_table = jax.jit(init)(key, x)
     return cls(step=jnp.zeros((), jnp.int32), params=params, stats=stats,
                opt_state=opt_state, z_table=z_table, encoder=encoder, generator=generator,
                latent_net=latent_net, tx_hg=tx_hg, tx_latent=tx_latent, loss_fn=loss_fn, hp=hp)
 
 
-def _hg(tree):
+def hg_params(tree: PyTree) -> PyTree:
+  """The (H, G) part of a {'encoder', 'generator', 'latent'} tree: what `tx_hg` updates.
+
+  Args:
+    tree: a dict with at least the keys 'encoder' and 'generator' (params, grads, ...).
+
+  Returns:
+    {'encoder': tree['encoder'], 'generator': tree['generator']}.
+  """
   return {'encoder': tree['encoder'], 'generator': tree['generator']}
 
 
-def _apply(module: nn.Module, params, stats, *args, train: bool, **kwargs):
-  """Applies `module`; with train=True also returns its updated non-param collections."""
+def apply_module(module: nn.Module, params: PyTree, stats: PyTree, *args, train: bool,
+                 **kwargs) -> tuple[Any, PyTree]:
+  """Applies a Flax module to its params and non-param collections (`stats`).
+
+  Args:
+    module: the Flax module (H, G or Z).
+    params: its 'params' collection.
+    stats: its other collections by name (e.g. spectral-norm `batch_stats`), maybe {}.
+    *args: the module's positional inputs.
+    train: passed to the module; True also lets it update `stats`.
+    **kwargs: further keywords of the module.
+
+  Returns:
+    (output, stats): with train=True the updated collections, otherwise `stats` unchanged.
+  """
   variables = {'params': params, **stats}
   if train and stats:
     out, new_stats = module.apply(variables, *args, train=True, mutable=list(stats), **kwargs)
@@ -358,12 +380,146 @@ def initial_latents(state: CGMLState, batch: dict, key: jax.Array) -> jax.Array:
   return sample_sphere(key, (b, state.hp.z_dim))
 
 
+class _HGAt:
+  r"""H and G as they are at the start of one inner iteration (Algorithm 1, steps 1 and 4).
+
+  The z step and the (H, G) step of an iteration read the same h = H(x) at the same
+  parameters, so H runs once (with its VJP when H, G are trained in this iteration), and a
+  generator with `shares_h_terms` (see the module docstring) computes what it derives from
+  h alone once too, with its VJP, instead of once per call.
+
+  Attributes:
+    h: H(x) with its gradient stopped: what the z step and the Z step read.
+  """
+
+  def __init__(self, state: CGMLState, params: PyTree, stats: PyTree, batch: dict,
+               z: jax.Array, differentiable: bool):
+    """Runs H, and G's h-only terms if it shares them.
+
+    Args:
+      state: `CGMLState` (its modules and loss).
+      params, stats: the current {'encoder', 'generator', 'latent'} trees.
+      batch: the batch of `train_step`.
+      z: (B, n) latents; only their shape reaches G's h-only terms.
+      differentiable: keep the VJPs for `loss_and_grads` and run H with train=True (an
+        iteration with an (H, G) step); otherwise H runs with train=False.
+    """
+    self._state, self._params, self._stats, self._batch = state, params, stats, batch
+    self._shares = getattr(state.generator, 'shares_h_terms', False)
+    x = batch['x']
+    if differentiable:
+      def encode(params_enc):
+        return apply_module(state.encoder, params_enc, stats['encoder'], x, train=True)
+
+      (self._h, self._enc_stats), self._enc_vjp = jax.vjp(encode, params['encoder'])
+    else:
+      self._h = apply_module(state.encoder, params['encoder'], stats['encoder'], x,
+                             train=False)[0]
+      self._enc_stats = stats['encoder']
+    self.h = jax.lax.stop_gradient(self._h)
+    self._terms, self._z_step_kw = None, {}
+    if self._shares:
+      def h_terms_of(params_gen, h):
+        return apply_module(state.generator, params_gen, stats['generator'], h, z,
+                            train=False, only_h_terms=True)[0]
+
+      if differentiable:
+        self._terms, self._terms_vjp = jax.vjp(h_terms_of, params['generator'], self._h)
+      else:
+        self._terms = h_terms_of(params['generator'], self.h)
+      self._z_step_kw = {'h_terms': jax.lax.stop_gradient(self._terms)}
+
+  def errors_at(self, z: jax.Array) -> jax.Array:
+    """E(G(h, z), y) per example (B,), H and G frozen: the objective of the z step."""
+    y_hat = apply_module(self._state.generator, self._params['generator'],
+                         self._stats['generator'], self.h, z, train=False,
+                         **self._z_step_kw)[0]
+    return self._state.loss_fn(y_hat, self._batch)
+
+  def loss_and_grads(self, z_next: jax.Array) -> tuple[jax.Array, PyTree, PyTree]:
+    r"""mean E(G(H(x), z'), y) and its gradient wrt (H, G), z' fixed (step 4).
+
+    G runs with train=True; dE/dh reaches H's parameters through H's VJP, and the shared
+    h-only terms' gradient through theirs.
+
+    Args:
+      z_next: (B, n) latents z' of the z step.
+
+    Returns:
+      (loss, grads, stats): the scalar loss, {'encoder', 'generator'} gradients and the
+      updated non-param collections of H and G.
+    """
+    state, stats = self._state, self._stats
+
+    def hg_loss(params_gen, h, h_terms):
+      kw = {'h_terms': h_terms} if self._shares else {}
+      y_hat, gen_stats = apply_module(state.generator, params_gen, stats['generator'], h,
+                                      z_next, train=True, **kw)
+      return state.loss_fn(y_hat, self._batch).mean(), gen_stats
+
+    (loss, gen_stats), (grads_gen, grads_h, grads_terms) = jax.value_and_grad(
+        hg_loss, argnums=(0, 1, 2), has_aux=True)(self._params['generator'], self._h,
+                                                  self._terms)
+    if self._shares:  # the terms' share of the gradients, through their VJP
+      grads_gen, grads_h = jax.tree.map(jnp.add, (grads_gen, grads_h),
+                                        self._terms_vjp(grads_terms))
+    (grads_enc,) = self._enc_vjp((grads_h, jax.tree.map(jnp.zeros_like, self._enc_stats)))
+    return (loss, {'encoder': grads_enc, 'generator': grads_gen},
+            {'encoder': self._enc_stats, 'generator': gen_stats})
+
+
+def _optimiser_step(tx: optax.GradientTransformation, grads: PyTree, opt_state: PyTree,
+                    params: PyTree, batch_step: jax.Array):
+  """One update of `params` by `tx`; returns (params, opt_state, global norm of the update).
+
+  Every inner update of a batch uses the rate of that batch, `batch_step` (see
+  cgml_jax.training.optim).
+  """
+  updates, opt_state = tx.update(grads, opt_state, params, batch_step=batch_step)
+  norm = optax.global_norm(updates)
+  return optax.apply_updates(params, updates), opt_state, norm
+
+
+def _step_size(hp: Hyper, t) -> float | jax.Array:
+  """beta of inner iteration t: beta * step_size_decay^t."""
+  return hp.step_size if hp.step_size_decay == 1 else hp.step_size * hp.step_size_decay ** t
+
+
+def _run_inner_steps(inner: Callable, carry, hp: Hyper):
+  """The l inner iterations `inner(carry, t, update_hg) -> (carry, metrics)` of a batch.
+
+  With `hp.generator_update == 'every'` all of them update H, G; with 'last' the first
+  l - 1 only move z and train Z, and the last one also updates H, G.
+
+  Returns:
+    (carry, metrics), each metric stacked over the l iterations.
+  """
+  every = hp.generator_update == 'every'
+  n_scan = hp.inner_steps if every else hp.inner_steps - 1
+  ms = []
+  # Unrolled by default: XLA:CPU runs convolutions and dots inside a while loop through a
+  # slow generic path, and l is small. scan(unroll=True) of length 1 still emits a loop,
+  # hence the direct call.
+  if n_scan == 1:
+    carry, m = inner(carry, 0, update_hg=every)
+    ms.append(jax.tree.map(lambda a: a[None], m))
+  elif n_scan:
+    carry, m = jax.lax.scan(lambda c, t: inner(c, t, update_hg=every), carry,
+                            jnp.arange(n_scan), unroll=hp.unroll)
+    ms.append(m)
+  if not every:
+    carry, m = inner(carry, n_scan, update_hg=True)
+    ms.append(jax.tree.map(lambda a: a[None], m))
+  return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *ms)
+
+
 def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState, dict]:
   r"""Algorithm 1 on one batch: l inner iterations of z step, Z step and (H, G) step.
 
   All l inner iterations run inside this one function as a `lax.scan` (unrolled unless
-  `hp.unroll` is False), so under `jit` they are one XLA program. With `hp.generator_update == 'last'`, the first l - 1
-  iterations only move z and train Z, and H, G take one step after the last.
+  `hp.unroll` is False), so under `jit` they are one XLA program. With
+  `hp.generator_update == 'last'`, the first l - 1 iterations only move z and train Z, and
+  H, G take one step after the last.
 
   Args:
     state: `CGMLState`.
@@ -382,115 +538,46 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
   """
   _check_batch(state, batch)
   hp = state.hp
-  x = batch['x']
-  stop = jax.lax.stop_gradient
-
-  def encode(params_enc, stats):
-    return _apply(state.encoder, params_enc, stats['encoder'], x, train=True)
 
   def inner(carry, t, update_hg: bool):
     params, stats, opt_state, z = carry
-    if update_hg:
-      (h, enc_stats), enc_vjp = jax.vjp(lambda p: encode(p, stats), params['encoder'])
-    else:
-      h = _apply(state.encoder, params['encoder'], stats['encoder'], x, train=False)[0]
-      enc_stats = stats['encoder']
-    h_frozen = stop(h)
-    # What G computes from h alone, once for the z step and the (H, G) step (see the
-    # module docstring); gen_kw passes it to G's calls.
-    gen_kw = {}
-    if share_h_terms:
-      def h_terms_of(params_gen, h):
-        return _apply(state.generator, params_gen, stats['generator'], h, z, train=False,
-                      only_h_terms=True)[0]
-
-      if update_hg:
-        h_terms, h_terms_vjp = jax.vjp(h_terms_of, params['generator'], h)
-      else:
-        h_terms = h_terms_of(params['generator'], h_frozen)
-      gen_kw = {'h_terms': stop(h_terms)}
-
-    # 1. z step: H, G, Z frozen, gradient with respect to z only.
-    def error_at(z):
-      y_hat = _apply(state.generator, params['generator'], stats['generator'], h_frozen, z,
-                     train=False, **gen_kw)[0]
-      return state.loss_fn(y_hat, batch)
-
-    beta = hp.step_size if hp.step_size_decay == 1 else hp.step_size * hp.step_size_decay ** t
-    z_next, errors = z_step(error_at, z, beta)
-    z_next = stop(z_next)
-    # 2. momentum target.
+    hg = _HGAt(state, params, stats, batch, z, differentiable=update_hg)
+    # Algorithm 1, step 1 (z step): H, G, Z frozen, jax.grad over z alone, then Pi.
+    z_next, errors = z_step(hg.errors_at, z, _step_size(hp, t))
+    z_next = jax.lax.stop_gradient(z_next)
+    # Algorithm 1, step 2 (momentum target): rho = alpha * ||z' - z||.
     rho = rho_target(z, z_next, hp.alpha)
 
-    # 3. Z step: H, G, z frozen.
+    # Algorithm 1, step 3 (Z step): H, G, z frozen, L1 fit of Z(z, h) to (z', rho).
     def z_loss(params_lat):
-      (r_hat, rho_hat), lat_stats = _apply(state.latent_net, params_lat, stats['latent'],
-                                            z, h_frozen, train=True)
+      (r_hat, rho_hat), lat_stats = apply_module(state.latent_net, params_lat,
+                                                 stats['latent'], z, hg.h, train=True)
       return latent_loss(r_hat, rho_hat, z_next, rho, hp.use_momentum), (lat_stats, rho_hat)
 
-    (loss_z, (lat_stats, rho_hat)), grads_lat = jax.value_and_grad(z_loss, has_aux=True)(
+    (loss_z, (lat_stats, rho_hat)), grads = jax.value_and_grad(z_loss, has_aux=True)(
         params['latent'])
-    # Every inner update of a batch uses the rate of that batch (see cgml_jax.training.optim).
-    updates, opt_lat = state.tx_latent.update(grads_lat, opt_state['latent'], params['latent'],
-                                              batch_step=state.step)
-    norm_lat = optax.global_norm(updates)
-    params = {**params, 'latent': optax.apply_updates(params['latent'], updates)}
-    stats = {**stats, 'latent': lat_stats}
+    lat, opt_lat, norm_lat = _optimiser_step(state.tx_latent, grads, opt_state['latent'],
+                                             params['latent'], state.step)
+    params, stats = {**params, 'latent': lat}, {**stats, 'latent': lat_stats}
     opt_state = {**opt_state, 'latent': opt_lat}
-
-    # 4. H, G step with Z and z' fixed. H ran once above; its VJP turns dE/dh into dE/dH.
+    # Algorithm 1, step 4 (H, G step): min E(G(H(x), z'), y) with Z and z' fixed.
     if update_hg:
-      def hg_loss(params_gen, h, h_terms):
-        kw = {'h_terms': h_terms} if share_h_terms else {}
-        y_hat, gen_stats = _apply(state.generator, params_gen, stats['generator'], h, z_next,
-                                  train=True, **kw)
-        return state.loss_fn(y_hat, batch).mean(), gen_stats
-
-      terms_in = h_terms if share_h_terms else None
-      (loss_e, gen_stats), (grads_gen, grads_h, grads_terms) = jax.value_and_grad(
-          hg_loss, argnums=(0, 1, 2), has_aux=True)(params['generator'], h, terms_in)
-      if share_h_terms:  # the terms' share of the gradients, through their VJP
-        grads_gen, grads_h = jax.tree.map(jnp.add, (grads_gen, grads_h),
-                                          h_terms_vjp(grads_terms))
-      (grads_enc,) = enc_vjp((grads_h, jax.tree.map(jnp.zeros_like, enc_stats)))
-      grads = {'encoder': grads_enc, 'generator': grads_gen}
-      updates, opt_hg = state.tx_hg.update(grads, opt_state['hg'], _hg(params),
-                                           batch_step=state.step)
-      norm_hg = optax.global_norm(updates)
-      params = {**params, **optax.apply_updates(_hg(params), updates)}
-      stats = {**stats, 'encoder': enc_stats, 'generator': gen_stats}
+      loss_e, grads, hg_stats = hg.loss_and_grads(z_next)
+      new_hg, opt_hg, norm_hg = _optimiser_step(state.tx_hg, grads, opt_state['hg'],
+                                                hg_params(params), state.step)
+      params, stats = {**params, **new_hg}, {**stats, **hg_stats}
       opt_state = {**opt_state, 'hg': opt_hg}
-    else:
-      loss_e = jnp.mean(errors)
-      norm_hg = jnp.zeros((), jnp.float32)
+    else:  # generator_update == 'last', before the last iteration: H, G wait
+      loss_e, norm_hg = jnp.mean(errors), jnp.zeros((), jnp.float32)
     metrics = {'E': loss_e, 'E_z': jnp.mean(errors), 'latent_loss': loss_z,
                'rho': jnp.mean(rho), 'rho_hat': jnp.mean(rho_hat),
                'dz': jnp.mean(jnp.linalg.norm(z_next - z, axis=-1)),
                'update_norm_hg': norm_hg, 'update_norm_latent': norm_lat}
     return (params, stats, opt_state, z_next), metrics
 
-  share_h_terms = getattr(state.generator, 'shares_h_terms', False)
   z0 = initial_latents(state, batch, key)
-  carry = (state.params, state.stats, state.opt_state, z0)
-  every = hp.generator_update == 'every'
-  n_scan = hp.inner_steps if every else hp.inner_steps - 1
-  ms = []
-  # Unrolled by default: XLA:CPU runs convolutions and dots inside a while loop through a
-  # slow generic path (bench config, l = 3: 23 s per step rolled, 2 s unrolled); l is
-  # small. scan(unroll=True) of length 1 still emits a loop, hence the direct call.
-  if n_scan == 1:
-    carry, m = inner(carry, 0, update_hg=every)
-    ms.append(jax.tree.map(lambda a: a[None], m))
-  elif n_scan:
-    carry, m = jax.lax.scan(lambda c, t: inner(c, t, update_hg=every), carry,
-                            jnp.arange(n_scan), unroll=hp.unroll)
-    ms.append(m)
-  if not every:
-    carry, m = inner(carry, n_scan, update_hg=True)
-    ms.append(jax.tree.map(lambda a: a[None], m))
-  m = jax.tree.map(lambda *a: jnp.concatenate(a), *ms)
+  carry, m = _run_inner_steps(inner, (state.params, state.stats, state.opt_state, z0), hp)
   params, stats, opt_state, z_final = carry
-
   metrics = {'E': m['E'][-1], 'E_z0': m['E_z'][0], 'latent_loss': m['latent_loss'].mean(),
              'rho': m['rho'].mean(), 'rho_hat': m['rho_hat'].mean(), 'dz': m['dz'].mean(),
              # the global norms of each optimiser's newest update (guards against a
@@ -511,20 +598,20 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
 
 def encode(state: CGMLState, x: jax.Array) -> PyTree:
   """h = H(x) with the state's parameters (no statistics updates)."""
-  return _apply(state.encoder, state.params['encoder'], state.stats['encoder'], x,
-                train=False)[0]
+  return apply_module(state.encoder, state.params['encoder'], state.stats['encoder'], x,
+                      train=False)[0]
 
 
 def generate(state: CGMLState, h: PyTree, z: jax.Array) -> jax.Array:
   """y_hat = G(h, z)."""
-  return _apply(state.generator, state.params['generator'], state.stats['generator'], h, z,
-                train=False)[0]
+  return apply_module(state.generator, state.params['generator'], state.stats['generator'], h,
+                      z, train=False)[0]
 
 
 def latent_field(state: CGMLState, z: jax.Array, h: PyTree) -> tuple[jax.Array, jax.Array]:
   """(r_hat, rho_hat) = Z(z, h)."""
-  return _apply(state.latent_net, state.params['latent'], state.stats['latent'], z, h,
-                train=False)[0]
+  return apply_module(state.latent_net, state.params['latent'], state.stats['latent'], z, h,
+                      train=False)[0]
 
 
 def traverse_latent(state: CGMLState, h: PyTree, z0: jax.Array, num_steps: int,
@@ -566,7 +653,16 @@ def traverse(state: CGMLState, x: jax.Array, z0: jax.Array, num_steps: int,
   return (y_hat, out[1]) if return_trajectory else y_hat
 
 
-def _repeat(tree: PyTree, k: int) -> PyTree:
+def repeat_batch(tree: PyTree, k: int) -> PyTree:
+  """Each example of a batch pytree k times, rows grouped by example: (B, ...) -> (B k, ...).
+
+  Args:
+    tree: pytree of arrays with a leading batch axis B.
+    k: repetitions.
+
+  Returns:
+    The same pytree, row i * k + j a copy of example i.
+  """
   return jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), tree)
 
 
@@ -592,7 +688,7 @@ def sample(state: CGMLState, x: jax.Array, key: jax.Array, num_samples: int,
   """
   b = jax.tree.leaves(x)[0].shape[0]
   h = encode(state, x)
-  h_k = _repeat(h, num_samples)
+  h_k = repeat_batch(h, num_samples)
   z0 = sample_sphere(key, (b * num_samples, state.hp.z_dim))
   z = traverse_latent(state, h_k, z0, num_steps)
   if getattr(state.generator, 'accepts_sample_axis', False):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cgml_jax.cgml import LossFn, _apply, l1_error
+from cgml_jax.cgml import LossFn, apply_module, l1_error
 
 
 class RegressionState(struct.PyTreeNode):
@@ -55,10 +55,10 @@ def train_step(state: RegressionState, batch: dict, key: jax.Array):
   del key
 
   def loss(params):
-    h, enc_stats = _apply(state.encoder, params['encoder'], state.stats['encoder'],
-                          batch['x'], train=True)
-    y_hat, gen_stats = _apply(state.generator, params['generator'], state.stats['generator'],
-                              h, _no_z(batch['x']), train=True)
+    h, enc_stats = apply_module(state.encoder, params['encoder'], state.stats['encoder'],
+                                batch['x'], train=True)
+    y_hat, gen_stats = apply_module(state.generator, params['generator'],
+                                    state.stats['generator'], h, _no_z(batch['x']), train=True)
     return state.loss_fn(y_hat, batch).mean(), {'encoder': enc_stats, 'generator': gen_stats}
 
   (e, stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
@@ -71,6 +71,7 @@ def train_step(state: RegressionState, batch: dict, key: jax.Array):
 
 def predict(state: RegressionState, x: jax.Array) -> jax.Array:
   """y_hat = G(H(x)), without statistics updates."""
-  h = _apply(state.encoder, state.params['encoder'], state.stats['encoder'], x, train=False)[0]
-  return _apply(state.generator, state.params['generator'], state.stats['generator'], h,
-                _no_z(x), train=False)[0]
+  h = apply_module(state.encoder, state.params['encoder'], state.stats['encoder'], x,
+                   train=False)[0]
+  return apply_module(state.generator, state.params['generator'], state.stats['generator'], h,
+                      _no_z(x), train=False)[0]

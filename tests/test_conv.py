@@ -159,25 +159,98 @@ def test_empty_z_of_the_l1_baseline(z_injection):
   assert jax.eval_shape(run, x, z).shape == (B, 32, 32, 2)
 
 
-def test_train_step_with_shared_h_terms_is_unchanged():
-  # cgml.train_step computes G's h-only terms (the bottleneck's and the skips'
-  # contributions) once per inner step for the z step and the (H, G) step; the new state
-  # and metrics must be those of recomputing them in each call (so the terms carry their
-  # share of every gradient). z goes into every layer, next to each h-only part.
+def _reference_train_step(state, batch, key, tx):
+  """Algorithm 1 written out plainly, for the conv H, G, Z, E = L1 and an optimiser `tx`
+  that needs no batch step: a Python loop, G's h-only terms recomputed in every call (no
+  sharing), and step 4 one `value_and_grad` through H and G together (no VJP of H).
+  """
+  hp, enc, lat = state.hp, state.encoder, state.latent_net
+  gen = state.generator.clone(shares_h_terms=False)
+  x, y = batch['x'], batch['y']
+  params, stats, opt = state.params, state.stats, state.opt_state
+
+  def errors(y_hat):
+    return jnp.abs(y_hat - y).reshape(y.shape[0], -1).mean(axis=1)
+
+  z = cgml.sample_sphere(key, (x.shape[0], hp.z_dim))
+  m = {k: [] for k in ('E', 'E_z', 'latent_loss', 'rho', 'rho_hat', 'dz', 'norm_hg',
+                       'norm_lat')}
+  for t in range(hp.inner_steps):
+    update_hg = hp.generator_update == 'every' or t == hp.inner_steps - 1
+    h = enc.apply({'params': params['encoder']}, x, train=update_hg)
+    gen_vars = {'params': params['generator'], **stats['generator']}
+    # 1. z step, everything but z frozen.
+    def e_of_z(z):
+      return errors(gen.apply(gen_vars, h, z, train=False))
+
+    grad_z = jax.grad(lambda z: e_of_z(z).sum())(z)
+    z_next = z - hp.step_size * grad_z
+    z_next = z_next / jnp.linalg.norm(z_next, axis=-1, keepdims=True)
+    # 2. momentum target.
+    rho = hp.alpha * jnp.linalg.norm(z_next - z, axis=-1)
+    # 3. Z step.
+    def z_loss(p):
+      (r_hat, rho_hat), s = lat.apply({'params': p, **stats['latent']}, z, h, train=True,
+                                      mutable=['batch_stats'])
+      return jnp.mean(jnp.abs(r_hat - z_next)) + jnp.mean(jnp.abs(rho_hat - rho)), (s, rho_hat)
+
+    (loss_z, (s_lat, rho_hat)), g = jax.value_and_grad(z_loss, has_aux=True)(params['latent'])
+    upd, opt_lat = tx.update(g, opt['latent'], params['latent'])
+    params = {**params, 'latent': optax.apply_updates(params['latent'], upd)}
+    stats, opt = {**stats, 'latent': dict(s_lat)}, {**opt, 'latent': opt_lat}
+    m['norm_lat'].append(optax.global_norm(upd))
+    # 4. H, G step at z'.
+    if update_hg:
+      def hg_loss(p):
+        h = enc.apply({'params': p['encoder']}, x, train=True)
+        y_hat, s = gen.apply({'params': p['generator'], **stats['generator']}, h, z_next,
+                             train=True, mutable=['batch_stats'])
+        return errors(y_hat).mean(), s
+
+      p_hg = {'encoder': params['encoder'], 'generator': params['generator']}
+      (loss_e, s_gen), g = jax.value_and_grad(hg_loss, has_aux=True)(p_hg)
+      upd, opt_hg = tx.update(g, opt['hg'], p_hg)
+      params = {**params, **optax.apply_updates(p_hg, upd)}
+      stats, opt = {**stats, 'generator': dict(s_gen)}, {**opt, 'hg': opt_hg}
+      m['norm_hg'].append(optax.global_norm(upd))
+    else:
+      loss_e = e_of_z(z).mean()
+      m['norm_hg'].append(jnp.zeros(()))
+    for k, v in (('E', loss_e), ('E_z', e_of_z(z).mean()), ('latent_loss', loss_z),
+                 ('rho', rho.mean()), ('rho_hat', rho_hat.mean()),
+                 ('dz', jnp.linalg.norm(z_next - z, axis=-1).mean())):
+      m[k].append(v)
+    z = z_next
+  metrics = {'E': m['E'][-1], 'E_z0': m['E_z'][0], 'update_norm_hg': m['norm_hg'][-1],
+             'update_norm_latent': m['norm_lat'][-1],
+             **{k: jnp.mean(jnp.stack(m[k])) for k in ('latent_loss', 'rho', 'rho_hat', 'dz')}}
+  return params, stats, opt, metrics
+
+
+@pytest.mark.parametrize('generator_update', ['every', 'last'])
+def test_train_step_matches_a_plain_reference_with_and_without_shared_h_terms(
+    generator_update):
+  # cgml.train_step runs H once per inner step with its VJP and, for a generator with
+  # shares_h_terms, G's h-only terms (the bottleneck's and the skips' contributions) once
+  # for the z step and the (H, G) step; with shares_h_terms=False, G recomputes them in
+  # each call. Both must give the new state and metrics of Algorithm 1 written out plainly
+  # (so the shared terms carry their share of every gradient). z goes into every layer,
+  # next to each h-only part; l = 2 runs the scan ('every') and the direct calls ('last').
   enc, gen, lat = build_conv_models(8, 1, 2, Z_DIM, z_injection='all', **SMALL)
   assert gen.shares_h_terms
-  unshared = gen.clone(shares_h_terms=False)  # cgml.train_step then runs them in each call
-  hp = cgml.Hyper(z_dim=Z_DIM, step_size=0.5, inner_steps=1)
+  hp = cgml.Hyper(z_dim=Z_DIM, step_size=0.5, inner_steps=2, generator_update=generator_update)
   kx, ky = jax.random.split(jax.random.key(8))
   b = {'x': jax.random.normal(kx, (4, 8, 8, 1)), 'y': jax.random.normal(ky, (4, 8, 8, 2))}
   tx = optax.sgd(0.1)
   state = cgml.CGMLState.create(jax.random.key(9), b['x'], encoder=enc, generator=gen,
                                 latent_net=lat, tx_hg=tx, tx_latent=tx, hp=hp)
-  out = []
-  for g in (gen, unshared):  # same parameters: the attribute does not change them
-    new, metrics = jax.jit(cgml.train_step)(state.replace(generator=g), b, jax.random.key(10))
-    out.append((new.params, new.stats, new.opt_state, metrics))
-    assert not np.allclose(new.params['generator']['ConvTranspose4x4Up_0']['kernel'],
-                           state.params['generator']['ConvTranspose4x4Up_0']['kernel'])
-  for u, v in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
-    np.testing.assert_allclose(u, v, atol=1e-5, rtol=1e-5)
+  key = jax.random.key(10)
+  want = jax.jit(lambda s, b, k: _reference_train_step(s, b, k, tx))(state, b, key)
+  assert not np.allclose(want[0]['generator']['ConvTranspose4x4Up_0']['kernel'],
+                         state.params['generator']['ConvTranspose4x4Up_0']['kernel'])
+  for g in (gen, gen.clone(shares_h_terms=False)):  # same parameters either way
+    new, metrics = jax.jit(cgml.train_step)(state.replace(generator=g), b, key)
+    got = (new.params, new.stats, new.opt_state, metrics)
+    assert jax.tree.structure(got) == jax.tree.structure(want), g.shares_h_terms
+    for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(u, v, atol=1e-5, rtol=1e-5, err_msg=str(g.shares_h_terms))

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cgml_jax.peers.gan import _norm
+from cgml_jax.peers.gan import norm_layer
 
 
 class BasisGenerator(nn.Module):
@@ -178,13 +178,13 @@ class BasisUNetGenerator(nn.Module):
     for skip in feats[1:]:
       u = _upsample(u, skip.shape[1:3])
       u = conv(u, skip.shape[-1], layer % self.basis_every == 0)
-      u = nn.relu(_norm(self.norm, train)(u))
+      u = nn.relu(norm_layer(self.norm, train)(u))
       u = jnp.concatenate([u, skip], axis=-1)
       layer += 1
     if self.final_upsample != 1:
       u = _upsample(u, (u.shape[1] * self.final_upsample, u.shape[2] * self.final_upsample))
       u = conv(u, u.shape[-1] // 2 or 1, layer % self.basis_every == 0)
-      u = nn.relu(_norm(self.norm, train)(u))
+      u = nn.relu(norm_layer(self.norm, train)(u))
     y = nn.Conv(self.out_channels, (self.kernel_size, self.kernel_size))(u)
     if self.output_size is not None and self.output_size != y.shape[1]:
       if self.output_size > y.shape[1]:

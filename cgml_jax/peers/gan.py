@@ -85,7 +85,17 @@ def gan_losses(kind: str) -> tuple[Callable, Callable]:
 # Discriminators.
 
 
-def _norm(kind: str, train: bool):
+def norm_layer(kind: str, train: bool):
+  """The normalisation layer of a discriminator or generator block (pix2pix's choices).
+
+  Args:
+    kind: one of `NORMS`: 'batch' (BatchNorm, running averages unless `train`),
+      'instance' (GroupNorm with one channel per group) or 'none' (the identity).
+    train: use and update batch statistics (BatchNorm only).
+
+  Returns:
+    A callable x -> normalised x.
+  """
   if kind == 'batch':
     # Momentum 0.9 matches PyTorch's BatchNorm2d default (0.1 there), as in pix2pix.
     return nn.BatchNorm(use_running_average=not train, momentum=0.9)
@@ -157,7 +167,7 @@ class PatchDiscriminator(nn.Module):
     for i in range(1, n + 1):
       stride = 2 if i < n else 1  # the last hidden layer has stride 1 (pix2pix "C512")
       h = conv(h, self.features * min(2 ** i, 8), stride, bias=self.norm == 'none')
-      h = nn.leaky_relu(_norm(self.norm, train)(h), 0.2)
+      h = nn.leaky_relu(norm_layer(self.norm, train)(h), 0.2)
     return conv(h, 1, 1)
 
 
@@ -188,7 +198,7 @@ class ContextEncoderDiscriminator(nn.Module):
       h = nn.Conv(feats, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
                   use_bias=first or self.norm == 'none')(h)
       if not first:  # DCGAN: no norm on the first layer
-        h = _norm(self.norm, train)(h)
+        h = norm_layer(self.norm, train)(h)
       h = nn.leaky_relu(h, 0.2)
       feats, first = min(2 * feats, self.max_features), False
     h = nn.Conv(1, (h.shape[1], h.shape[2]), padding='VALID')(h)

@@ -42,7 +42,7 @@ from flax import struct
 
 from cgml_jax import regression
 from cgml_jax.training import optim
-from cgml_jax.cgml import LossFn, _apply, _hg, _repeat, l1_error
+from cgml_jax.cgml import LossFn, apply_module, hg_params, l1_error, repeat_batch
 from cgml_jax.peers import diversity as div_lib
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import mrgan as mr_lib
@@ -128,7 +128,7 @@ def _init_variables(key, x, y, z_dim, encoder, generator, disc):
 
 
 def _init_optimizers(tx_g, tx_d, params):
-  return jax.jit(lambda p: {'g': tx_g.init(_hg(p)), 'd': tx_d.init(p['disc'])})(params)
+  return jax.jit(lambda p: {'g': tx_g.init(hg_params(p)), 'd': tx_d.init(p['disc'])})(params)
 
 
 def _check_batch(batch: dict) -> int:
@@ -143,10 +143,10 @@ def _check_batch(batch: dict) -> int:
 def _generate_k(encoder, generator, params, stats, x, key, num_samples, z_dim):
   """(B, K, ...) samples of G(H(x), z), z ~ N(0, I); H runs once per input."""
   b = _leading(x)
-  h = _apply(encoder, params['encoder'], stats['encoder'], x, train=False)[0]
+  h = apply_module(encoder, params['encoder'], stats['encoder'], x, train=False)[0]
   z = _noise(key, b * num_samples, z_dim)
-  y = _apply(generator, params['generator'], stats['generator'], _repeat(h, num_samples), z,
-             train=False)[0]
+  y = apply_module(generator, params['generator'], stats['generator'],
+                   repeat_batch(h, num_samples), z, train=False)[0]
   return y.reshape((b, num_samples) + y.shape[1:])
 
 
@@ -157,8 +157,8 @@ def _d_step(disc, tx_d, d_loss, params_d, stats_d, opt_d, x_real, y_real, x_fake
   `step` is the batch index, for the optimiser's schedule.
   """
   def loss(p):
-    real, s = _apply(disc, p, stats_d, x_real, y_real, train=True)
-    fake, s = _apply(disc, p, s, x_fake, stop(y_fake), train=True)
+    real, s = apply_module(disc, p, stats_d, x_real, y_real, train=True)
+    fake, s = apply_module(disc, p, s, x_fake, stop(y_fake), train=True)
     return d_loss(real, fake), (s, real, fake)
 
   (ld, (stats_d, real, fake)), grads = jax.value_and_grad(loss, has_aux=True)(params_d)
@@ -303,24 +303,25 @@ def gan_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, di
   d_loss_fn, g_loss_fn = gan_lib.gan_losses(hp.gan_loss)
   reps = 2 if hp.diversity else 1
   x = batch['x']
-  x_g, batch_g = _repeat(x, reps), _repeat(batch, reps)
+  x_g, batch_g = repeat_batch(x, reps), repeat_batch(batch, reps)
   z = _noise(key, b * reps, hp.z_dim)
   stats = state.stats
 
   def generate(params_hg):
-    h, enc_stats = _apply(state.encoder, params_hg['encoder'], stats['encoder'], x, train=True)
-    y_hat, gen_stats = _apply(state.generator, params_hg['generator'], stats['generator'],
-                              _repeat(h, reps), z, train=True)
+    h, enc_stats = apply_module(state.encoder, params_hg['encoder'], stats['encoder'], x,
+                                train=True)
+    y_hat, gen_stats = apply_module(state.generator, params_hg['generator'], stats['generator'],
+                                    repeat_batch(h, reps), z, train=True)
     return y_hat, {'encoder': enc_stats, 'generator': gen_stats}
 
-  fake, gen_vjp, hg_stats = jax.vjp(generate, _hg(state.params), has_aux=True)
+  fake, gen_vjp, hg_stats = jax.vjp(generate, hg_params(state.params), has_aux=True)
 
   params_d, stats_d, opt_d, d_metrics = _d_step(
       state.disc, state.tx_d, d_loss_fn, state.params['disc'], stats['disc'],
       state.opt_state['d'], x, batch['y'], x_g, fake, state.step)
 
   def g_objective(fake):
-    logits, s = _apply(state.disc, params_d, stats_d, x_g, fake, train=True)
+    logits, s = apply_module(state.disc, params_d, stats_d, x_g, fake, train=True)
     adv = g_loss_fn(logits)
     recon = jnp.mean(state.recon_fn(fake, batch_g))
     if hp.diversity:
@@ -336,10 +337,10 @@ def gan_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, di
   (g_total, (stats_d, adv, recon, div)), d_fake = jax.value_and_grad(
       g_objective, has_aux=True)(fake)
   (grads_hg,) = gen_vjp(d_fake)
-  updates, opt_g = state.tx_g.update(grads_hg, state.opt_state['g'], _hg(state.params),
+  updates, opt_g = state.tx_g.update(grads_hg, state.opt_state['g'], hg_params(state.params),
                                      batch_step=state.step)
   d_metrics['update_norm_g'] = optax.global_norm(updates)
-  params = {**optax.apply_updates(_hg(state.params), updates), 'disc': params_d}
+  params = {**optax.apply_updates(hg_params(state.params), updates), 'disc': params_d}
   new_state = state.replace(step=state.step + 1, params=params,
                             stats={**hg_stats, 'disc': stats_d},
                             opt_state={'g': opt_g, 'd': opt_d})
@@ -392,8 +393,8 @@ def predictor_step(state: PredictorState, batch: dict,
   _check_batch(batch)
 
   def loss(params):
-    (centre, log_disp), stats = _apply(state.predictor, params, state.stats, batch['x'],
-                                       train=True)
+    (centre, log_disp), stats = apply_module(state.predictor, params, state.stats, batch['x'],
+                                             train=True)
     return jnp.mean(mr_lib.predictor_nll(state.dist, centre, log_disp, batch['y'])), stats
 
   (nll, stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
@@ -406,7 +407,7 @@ def predictor_step(state: PredictorState, batch: dict,
 
 def predict_moments(state: PredictorState, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(centre, log-dispersion) = P(x), without statistics updates."""
-  return _apply(state.predictor, state.params, state.stats, x, train=False)[0]
+  return apply_module(state.predictor, state.params, state.stats, x, train=False)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -534,12 +535,13 @@ def mrgan_step(state: MRGANState, batch: dict, key: jax.Array) -> tuple[MRGANSta
     prediction = stop(state.predictor.apply(state.predictor_vars, x, train=False))
 
   def generate(params_hg):
-    h, enc_stats = _apply(state.encoder, params_hg['encoder'], stats['encoder'], x, train=True)
-    y_hat, gen_stats = _apply(state.generator, params_hg['generator'], stats['generator'],
-                              _repeat(h, k), z, train=True)
+    h, enc_stats = apply_module(state.encoder, params_hg['encoder'], stats['encoder'], x,
+                                train=True)
+    y_hat, gen_stats = apply_module(state.generator, params_hg['generator'], stats['generator'],
+                                    repeat_batch(h, k), z, train=True)
     return y_hat, {'encoder': enc_stats, 'generator': gen_stats}
 
-  fake, gen_vjp, hg_stats = jax.vjp(generate, _hg(state.params), has_aux=True)
+  fake, gen_vjp, hg_stats = jax.vjp(generate, hg_params(state.params), has_aux=True)
   samples_shape = (b, k) + fake.shape[1:]
 
   params_d, stats_d, opt_d, d_metrics = _d_step(
@@ -547,7 +549,7 @@ def mrgan_step(state: MRGANState, batch: dict, key: jax.Array) -> tuple[MRGANSta
       state.opt_state['d'], x, y, x, fake.reshape(samples_shape)[:, 0], state.step)
 
   def g_objective(fake):
-    logits, s = _apply(state.disc, params_d, stats_d, _repeat(x, k), fake, train=True)
+    logits, s = apply_module(state.disc, params_d, stats_d, repeat_batch(x, k), fake, train=True)
     adv = g_loss_fn(logits)
     samples = fake.reshape(samples_shape)
     mr = jnp.mean(mr_lib.mr_loss(hp.loss, hp.dist, samples, y, prediction))
@@ -563,10 +565,10 @@ def mrgan_step(state: MRGANState, batch: dict, key: jax.Array) -> tuple[MRGANSta
   (g_total, (stats_d, adv, mr, div)), d_fake = jax.value_and_grad(
       g_objective, has_aux=True)(fake)
   (grads_hg,) = gen_vjp(d_fake)
-  updates, opt_g = state.tx_g.update(grads_hg, state.opt_state['g'], _hg(state.params),
+  updates, opt_g = state.tx_g.update(grads_hg, state.opt_state['g'], hg_params(state.params),
                                      batch_step=state.step)
   d_metrics['update_norm_g'] = optax.global_norm(updates)
-  params = {**optax.apply_updates(_hg(state.params), updates), 'disc': params_d}
+  params = {**optax.apply_updates(hg_params(state.params), updates), 'disc': params_d}
   new_state = state.replace(step=state.step + 1, params=params,
                             stats={**hg_stats, 'disc': stats_d},
                             opt_state={'g': opt_g, 'd': opt_d})

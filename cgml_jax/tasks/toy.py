@@ -124,7 +124,7 @@ def rho_map(state, x: np.ndarray, key: jax.Array, num_samples: int, num_steps: i
   @jax.jit
   def run(state, x, key):
     b = x.shape[0]
-    h = cgml._repeat(cgml.encode(state, x), num_samples)
+    h = cgml.repeat_batch(cgml.encode(state, x), num_samples)
     z0 = cgml.sample_sphere(key, (b * num_samples, state.hp.z_dim))
 
     def step(z, _):
