@@ -120,7 +120,7 @@ def real_sph_harm(l_max: int, theta, phi):
   return xp.moveaxis(xp.moveaxis(y, 0, -1), 0, -1)
 
 
-def _ylm_blocks(l_max: int, directions):
+def ylm_blocks(l_max: int, directions):
   """Real Y_lm at (..., 3) vectors as a list over l of (2l+1, ...) arrays, m = -l..l.
 
   No zero padding, so fused consumers touch only the (L+1)^2 valid values. cos(mφ), sin(mφ)
@@ -152,7 +152,7 @@ def _ylm_blocks(l_max: int, directions):
 
 def _ylm_leading(l_max: int, directions):
   """Real Y_lm at (..., 3) vectors in padded leading layout (L+1, 2L+1, ...)."""
-  blocks = _ylm_blocks(l_max, directions)
+  blocks = ylm_blocks(l_max, directions)
   pad = lambda b, l: jnp.pad(b, [(l_max - l, l_max - l)] + [(0, 0)] * (b.ndim - 1))
   return jnp.stack([pad(b, l) for l, b in enumerate(blocks)])
 
@@ -467,7 +467,7 @@ def shell_coeffs(points: jax.Array, l_max: int = DEFAULT_L, n_shells: int = 1,
   _, xhat, _, onehot = _prepare(points, n_shells, 0.0)
   lam = kernel_coeffs(q, l_max)
   blocks = [float(lam[l]) * jnp.einsum('mbn,bns->bsm', y, onehot) / points.shape[1]
-            for l, y in enumerate(_ylm_blocks(l_max, xhat))]
+            for l, y in enumerate(ylm_blocks(l_max, xhat))]
   pad = lambda b, l: jnp.pad(b, [(0, 0), (0, 0), (l_max - l, l_max - l)])
   return jnp.stack([pad(b, l) for l, b in enumerate(blocks)], axis=2)
 
@@ -501,7 +501,7 @@ def sh_maps(points, l_max: int = DEFAULT_L, bandwidth: int | None = None, n_shel
     raise ValueError(f'expected points of shape (num_shapes, N, 3), got {points.shape}')
   chunk = functools.partial(_sh_maps_chunk, l_max=l_max, bandwidth=b, n_shells=n_shells, q=q,
                             beta=beta, mode=mode, cone_deg=cone_deg)
-  return _chunked(chunk, points, batch_size)
+  return chunked_map(chunk, points, batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=('l_max', 'bandwidth', 'n_shells', 'q', 'mode'))
@@ -514,7 +514,7 @@ def _sh_maps_chunk(p, l_max, bandwidth, n_shells, q, beta, mode, cone_deg):
   return c
 
 
-def _chunked(fn, points: np.ndarray, batch_size: int) -> np.ndarray:
+def chunked_map(fn, points: np.ndarray, batch_size: int) -> np.ndarray:
   """Applies a jitted per-chunk fn over axis 0 with a padded last chunk."""
   num = points.shape[0]
   bs = max(1, min(batch_size, num))

@@ -145,7 +145,7 @@ def zernike_moments(points: jax.Array, n_max: int = DEFAULT_N,
   if weights is None:
     weights = jnp.full(points.shape[:2], 1.0 / points.shape[1], jnp.float32)
   rad = _radial_blocks(n_max, jnp.linalg.norm(points, axis=-1))     # l: (#n, b, p)
-  ylm = sph._ylm_blocks(n_max, points)                               # l: (2l+1, b, p)
+  ylm = sph.ylm_blocks(n_max, points)                               # l: (2l+1, b, p)
   w = weights.astype(jnp.float32)
   out = jnp.zeros((points.shape[0], n_max + 1, (n_max + 1) ** 2), jnp.float32)
   for l in range(n_max + 1):
@@ -202,7 +202,7 @@ def zernike_maps(points, n_max: int = DEFAULT_N, batch_size: int = 64) -> np.nda
   points = np.asarray(points, np.float32)
   if points.ndim != 3 or points.shape[-1] != 3:
     raise ValueError(f'expected points of shape (num_shapes, P, 3), got {points.shape}')
-  return sph._chunked(functools.partial(zernike_moments, n_max=n_max), points, batch_size)
+  return sph.chunked_map(functools.partial(zernike_moments, n_max=n_max), points, batch_size)
 
 
 def voxel_centres(resolution: int) -> np.ndarray:
