@@ -117,3 +117,19 @@ def test_shapes_are_deterministic_and_examples_follow_the_prior():
   g = (ex[0]['x'] + 1) / 2
   colour = np.asarray(colour_modes.PALETTE)[ex[0]['mode']]
   np.testing.assert_allclose(ex[0]['y'], colour_modes.render(g, colour), atol=1e-6)
+
+
+def test_mnist_box_reports_the_shared_mode_metrics():
+  from cgml_jax.tasks import mnist_corrupted
+  from experiments import mnist_corrupted as mnist_config
+  c = mnist_config.get_config('box')                           # box_rate p = 0.3
+  n, k = 2, 4
+  mask = np.zeros((n, 28, 28, 1), np.float32)
+  mask[:, 2:10, 4:12] = 1
+  box = np.stack([mnist_corrupted.box_in(m, c.data.box_size) for m in mask])
+  data = {'y': -np.ones((n, 28, 28, 1), np.float32), 'mask': mask, 'box': box}
+  out = -np.ones((n, k, 28, 28, 1), np.float32)
+  out[0, :1] = np.maximum(out[0, :1], 2 * box[0] - 1)          # input 0: one box of 4
+  r = mnist_corrupted.mode_scores(c, data, out)                # input 1: no box at all
+  assert r['coverage'] == r['both_modes_rate'] == 0.5 and r['phantom_rate'] == 0.0
+  assert math.isclose(r['mode_frequency_error'], abs(1 / 8 - 0.3))
