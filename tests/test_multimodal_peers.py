@@ -29,7 +29,8 @@ def _batch(seed=0):
   return {'x': jnp.asarray(x), 'y': jnp.asarray(y)}
 
 
-def _bicycle_state(hp=bg.BicycleHyper(z_dim=Z), lr=2e-4):
+def _bicycle_state(hp=None, lr=2e-4):
+  hp = hp or bg.BicycleHyper(z_dim=Z)
   enc, gen, _ = _models()
   batch = _batch()
   tx = optim.make_optimizer(lr, b1=0.5)

@@ -9,7 +9,6 @@
   methods    train states, jit-able steps and samplers for all of the above
 """
 
-from cgml_jax.peers import basisgan, diversity, gan, methods, mrgan
-from cgml_jax.peers import bicyclegan, cimle
+from cgml_jax.peers import basisgan, bicyclegan, cimle, diversity, gan, methods, mrgan
 
 __all__ = ['basisgan', 'bicyclegan', 'cimle', 'diversity', 'gan', 'methods', 'mrgan']
