@@ -19,7 +19,8 @@ Then, for N inputs with K samples each and a data prior p over the M modes:
                            TV = 1/2 (sum_m |h_m - p_m| + h_none),
                          h the fractions of all N K samples; the data never produce a
                          phantom, so TV = 0 needs no phantoms and the prior's frequencies,
-                         and all-phantom samples give 1.
+                         and all-phantom samples give 1. While no mode gets more than its
+                         prior share TV equals phantom_rate; over-produced modes add to it.
   fidelity               (task-specific, see e.g. `cgml_jax.tasks.colour_modes`) each
                          sample's error against the ground truth re-rendered in that
                          sample's own mode, so shape errors are kept apart from the choice
