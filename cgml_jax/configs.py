@@ -123,6 +123,19 @@ def add_peer_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.mrgan.mr_weight = 10.0
   c.mrgan.lr = 1e-4            # AMSGrad (released configs) for P, G, D
   c.mrgan.predictor_steps = 500  # extra steps of P before G (MLMM losses only)
+
+  # BicycleGAN (Zhu et al. 2017, Eq. 6 and Sec. 4; cgml_jax.peers.bicyclegan).
+  c.bicyclegan = ml_collections.ConfigDict()
+  c.bicyclegan.recon_weight = 10.0   # lambda on the task's E of the cVAE-GAN cycle
+  c.bicyclegan.latent_weight = 0.5   # lambda_latent on |E(G(x, z)) - z|_1 (cLR-GAN cycle)
+  c.bicyclegan.kl_weight = 0.01      # lambda_KL on KL(E(y) || N(0, I))
+  c.bicyclegan.gan_loss = 'lsgan'    # the paper's LSGAN; or 'ns'
+  c.bicyclegan.lr = 2e-4             # Adam(lr, beta1 0.5) for H, G, E and D
+
+  # Conditional IMLE (Li et al. 2019; cgml_jax.peers.cimle).
+  c.cimle = ml_collections.ConfigDict()
+  c.cimle.num_latents = 10     # m latents per input; the nearest sample is trained
+  c.cimle.lr = -1.0            # < 0: train.lr (with train's schedule and clipping, as L1)
   return c
 
 

@@ -17,6 +17,7 @@ from cgml_jax.training import checkpoint
 TASKS = {
     'toy': 'cgml_jax.tasks.toy',
     'colorize': 'cgml_jax.tasks.colorize',
+    'colour_modes': 'cgml_jax.tasks.colour_modes',
     'complete': 'cgml_jax.tasks.complete',
     'translate': 'cgml_jax.tasks.translate',
     'mnist_corrupted': 'cgml_jax.tasks.mnist_corrupted',

@@ -23,14 +23,15 @@ def test_metrics_on_hand_made_samples():
   on = np.stack([b[:, 0], b[:, 1], b[:, 0], b[:, 1]], axis=1)
   m = toy.evaluate_samples(x, on, MODES, tau=0.2)
   assert m == {'branch_error': 0.0, 'coverage': 1.0, 'coverage_separated': 1.0,
-               'phantom_rate': 0.0, 'tau': 0.2}
-  # All samples on branch 0: no coverage, no phantoms.
+               'phantom_rate': 0.0, 'mode_frequency_error': 0.0, 'tau': 0.2}
+  # All samples on branch 0: no coverage, no phantoms, half the mass on the wrong mode.
   m = toy.evaluate_samples(x, np.repeat(b[:, :1], 4, axis=1), MODES, tau=0.2)
   assert m['coverage'] == 0.0 and m['phantom_rate'] == 0.0
+  assert m['mode_frequency_error'] == 0.5
   # All samples at the mean of the branches (what L2 regression predicts): all phantoms.
   mid = np.repeat(b.mean(1, keepdims=True), 4, axis=1)
   m = toy.evaluate_samples(x, mid, MODES, tau=0.2)
-  assert m['phantom_rate'] == 1.0 and m['coverage'] == 0.0
+  assert m['phantom_rate'] == 1.0 and m['coverage'] == 0.0 and m['mode_frequency_error'] == 1.0
   np.testing.assert_allclose(m['branch_error'], np.linalg.norm(b[:, 0] - mid[:, 0], axis=-1).mean(),
                              rtol=1e-6)
   # Half of the samples 0.1 off a branch, half 1.0 off: tau = 0.2 splits them.

@@ -8,6 +8,8 @@ r"""Every method a task can train, by name: one registry, one way to build and t
   pix2pix           peers: NS-GAN + gan.recon_weight * E         eval.num_samples
   basisgan          as pix2pix, G with BasisConvs                eval.num_samples
   mrgan             peers: predictor (MLMM losses) then MR-GAN   eval.num_samples
+  bicyclegan        peers.bicyclegan: cVAE-GAN + cLR-GAN, E(y)   eval.num_samples
+  cimle             peers.cimle: nearest of m samples, E on it   eval.num_samples
   <gan>+dsgan, <gan>+msgan   pix2pix, basisgan, mrgan with that diversity term
 
 A task describes its models and data once in a `Context`; `build(name, ctx)` returns a
@@ -29,6 +31,8 @@ import ml_collections
 from cgml_jax import cgml, regression
 from cgml_jax.models import layers
 from cgml_jax.peers import basisgan as basis_lib
+from cgml_jax.peers import bicyclegan as bicycle_lib
+from cgml_jax.peers import cimle as cimle_lib
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import methods as peers
 from cgml_jax.peers import mrgan as mr_lib
@@ -36,7 +40,7 @@ from cgml_jax.training import loop, optim
 from cgml_jax.training import workdir as workdir_lib
 
 BASE_METHODS = ('l1', 'cgml', 'cgml_no_rho', 'context_encoder', 'pix2pix', 'basisgan',
-                'mrgan')
+                'mrgan', 'bicyclegan', 'cimle')
 DETERMINISTIC = ('l1', 'context_encoder')
 DIVERSITY_TERMS = ('dsgan', 'msgan')
 DIVERSITY_OK = ('pix2pix', 'basisgan', 'mrgan')
@@ -188,6 +192,14 @@ def build(name: str, ctx: Context, key: jax.Array) -> Built:
   if 'gan' not in config:
     raise ValueError(f'method {name!r} needs the peer fields (cgml_jax.configs.'
                      'add_peer_fields) in the config')
+  if base == 'cimle':
+    # No discriminator: the same optimiser and schedule as L1 and cGML (train block).
+    c = config.cimle
+    tx = optim.from_config(config.train, config.train.lr if c.lr < 0 else c.lr)
+    hp = cimle_lib.CIMLEHyper(z_dim=int(config.model.z_dim), num_latents=int(c.num_latents))
+    state = cimle_lib.CIMLEState.create(key, x, encoder=enc, generator=gen, tx=tx, hp=hp,
+                                        loss_fn=ctx.loss_fn)
+    return Built(state, cimle_lib.cimle_step, cimle_lib.cimle_sample)
   if ctx.discriminator is None:
     raise ValueError(f'task {ctx.name!r} does not offer the GAN peers (no discriminator)')
   g = config.gan
@@ -199,6 +211,18 @@ def build(name: str, ctx: Context, key: jax.Array) -> Built:
     return Built(state, peers.gan_step, peers.gan_sample)
   disc = ctx.discriminator('patch')
   z_dim = int(config.model.z_dim)
+  if base == 'bicyclegan':
+    c = config.bicyclegan
+    hp = bicycle_lib.BicycleHyper(z_dim=z_dim, recon_weight=c.recon_weight,
+                                  latent_weight=c.latent_weight, kl_weight=c.kl_weight,
+                                  gan_loss=c.gan_loss)
+    # E(y): an encoder of H's family (its own parameters) with a (mu, log sigma^2) head.
+    lat_enc = bicycle_lib.LatentEncoder(backbone=enc.clone(), z_dim=z_dim)
+    tx = peers.adam_gan_optimizer(c.lr)
+    state = bicycle_lib.BicycleGANState.create(key, x, y, encoder=enc, generator=gen,
+                                               latent_encoder=lat_enc, disc=disc, hp=hp,
+                                               tx_g=tx, tx_d=tx, recon_fn=ctx.loss_fn)
+    return Built(state, bicycle_lib.bicyclegan_step, bicycle_lib.bicyclegan_sample)
   if base in ('pix2pix', 'basisgan'):
     if base == 'basisgan':
       if ctx.basis_generator is None:

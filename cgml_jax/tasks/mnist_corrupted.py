@@ -29,6 +29,11 @@ of clean test inputs, best of K / mean over K), `extra_eval` measures, with K =
                                leaves dark, above `eval.box_threshold` (0.5, halfway
                                between the no-box (0) and box (1) targets there)
            both_modes_rate     fraction of inputs whose K samples contain a box and no box
+           coverage, phantom_rate, mode_frequency_error
+                               the known-mode metrics of `cgml_jax.metrics.modes` with the
+                               modes (box, no box), prior (box_rate, 1 - box_rate) and the
+                               rule above; coverage = both_modes_rate, and the two-way rule
+                               assigns every sample, so phantom_rate is 0 by construction
            (inputs whose clean digit covers more than half of the box square are left out;
            L1 has K = 1 sample, so it can show one mode only by construction)
 """
@@ -42,6 +47,7 @@ import numpy as np
 
 from cgml_jax import losses
 from cgml_jax.data import load_source
+from cgml_jax.metrics import modes as modes_lib
 from cgml_jax.tasks import image
 
 CORRUPTIONS = ('overlap', 'box')
@@ -151,6 +157,10 @@ def mode_scores(config, data: dict, outputs: np.ndarray) -> dict:
              box_sample_rate=float(has_box[usable].mean()),
              both_modes_rate=float(both[usable].mean()),
              box_intensity_mean=float(intensity[usable].mean()))
+    # Mode 0 = box, 1 = no box, with the training prior (p, 1 - p).
+    p = float(config.data.box_rate)
+    summary = modes_lib.summary(np.where(has_box[usable], 0, 1), (p, 1.0 - p))
+    r.update({k: summary[k] for k in ('coverage', 'phantom_rate', 'mode_frequency_error')})
   return r
 
 

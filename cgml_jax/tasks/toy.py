@@ -9,6 +9,9 @@ Metrics on held-out x, each with K samples (tau = config.eval.tau_frac * max|s|)
   branch_error   mean over samples of the distance to the nearest true branch;
   coverage       fraction of test x for which every branch has a sample within tau;
   phantom_rate   fraction of samples within tau of no branch.
+  mode_frequency_error  total-variation distance between the samples' branch histogram
+                 (each sample on its nearest branch within tau, else 'none') and the
+                 uniform prior of the modes (`cgml_jax.metrics.modes`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from cgml_jax import cgml
+from cgml_jax.metrics import modes as modes_lib
 from cgml_jax.tasks import methods as methods_lib
 from cgml_jax.training import parallel
 from cgml_jax.training import workdir as workdir_lib
@@ -76,6 +80,9 @@ def evaluate_samples(x: np.ndarray, samples: np.ndarray, modes: np.ndarray,
       'coverage': float(covered.mean()),
       'coverage_separated': float(covered[separated].mean()) if separated.any() else float('nan'),
       'phantom_rate': float((nearest >= tau).mean()),
+      'mode_frequency_error': modes_lib.mode_frequency_error(
+          np.where(nearest < tau, dist.argmin(axis=2), modes_lib.NO_MODE),
+          np.ones(len(modes))),
       'tau': float(tau),
   }
 

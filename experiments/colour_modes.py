@@ -1,0 +1,60 @@
+"""Colour modes: a grey glyph -> the same glyph in one of M palette colours, drawn per
+example from a prior, so every input has M known answers (cgml_jax/tasks/colour_modes.py).
+
+  python -m experiments.run --config=experiments/colour_modes.py --workdir=runs/modes
+  python -m experiments.run --config=experiments/colour_modes.py:mnist --workdir=runs/modes_mnist
+  python -m experiments.run --config=experiments/colour_modes.py:smoke --workdir=runs/modes_smoke
+  python -m experiments.run --config=experiments/colour_modes.py --workdir=runs/modes_m4 \
+      --config.data.num_modes=4 --config.data.prior='(0.4, 0.3, 0.2, 0.1)'
+
+The default draws embedded shapes (no files) and trains L1 and cGML; `mnist` reads the
+offline digits from $CGML_DATA_DIR. Besides the generic image metrics, metrics.json's
+'task_metrics' holds the known-mode metrics (coverage, phantom_rate, mode_frequency_error,
+fidelity) per method.
+"""
+
+import ml_collections
+
+from cgml_jax import configs
+from cgml_jax.tasks import colour_modes, image
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = configs.parse_arg(arg, smoke=False, mnist=False)
+  c = image.base_config('colour_modes')
+  c.data.name = 'mnist' if a.mnist else 'shapes'  # 'shapes' (embedded, no files) or 'mnist'
+  c.data.image_size = 28 if a.mnist else 32
+  c.data.num_train = 4096      # shapes only: glyphs in the training split
+  c.data.palette = colour_modes.PALETTE  # RGB in [0, 1]; the first num_modes are the modes
+  c.data.num_modes = 3         # M, 2..6
+  c.data.prior = ()            # p over the M modes, normalised; () = uniform
+  c.data.batch_size = 16
+
+  c.model.base_channels = 16
+  c.model.max_channels = 64
+  c.model.bottleneck_size = 4
+  c.model.z_dim = 8
+  c.model.latent_hidden = (64, 64)
+  # Linear output: most target pixels are black (-1), and with tanh the sign gradients of
+  # L1 drive G into saturation at -1 where z no longer moves the output (observed: cGML's
+  # z step stalled at |dz| ~ 1e-6 with all-black outputs, as on corrupted MNIST).
+  c.model.out_activation = 'none'
+
+  c.train.steps = 500          # per method; L1 + cGML + evaluation in ~3 min on 2 CPU cores
+  c.train.inner_steps = 2
+  c.train.lr = 2e-3
+  c.train.lr_latent = 1e-3
+  c.train.log_every = 50
+  c.latent.traverse_steps = 10
+
+  c.eval.num_test = 128        # first N test glyphs
+  c.eval.num_samples = 16      # K samples per input, for the image and the mode metrics
+  c.eval.lpips = False         # flat colours: pixel metrics and the mode metrics suffice
+  c.eval.mode_tau = -1.0       # RGB distance tolerance of the mode rule; < 0 = half the
+                               # smallest palette gap (colour_modes.tau)
+  if a.smoke:
+    image.smoke(c, image_size=28 if a.mnist else 16)
+    if a.mnist:
+      c.data.train_split = 'train[:256]'
+    c.eval.num_samples = 4     # K >= M, so coverage can be 1
+  return c
