@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cgml_jax.cgml import LossFn, _apply, l1_error
+from cgml_jax.cgml import LossFn, apply_module, l1_error
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import methods as peers
 
@@ -188,11 +188,11 @@ def bicyclegan_step(state: BicycleGANState, batch: dict,
   stats = state.stats
 
   def generate(params):
-    h, enc_stats = _apply(state.encoder, params['encoder'], stats['encoder'], x, train=True)
-    (mu, logvar), lat_stats = _apply(state.latent_encoder, params['latent_encoder'],
+    h, enc_stats = apply_module(state.encoder, params['encoder'], stats['encoder'], x, train=True)
+    (mu, logvar), lat_stats = apply_module(state.latent_encoder, params['latent_encoder'],
                                      stats['latent_encoder'], y, train=True)
     z_enc = mu + jnp.exp(0.5 * logvar) * eps
-    y_hat, gen_stats = _apply(state.generator, params['generator'], stats['generator'],
+    y_hat, gen_stats = apply_module(state.generator, params['generator'], stats['generator'],
                               jax.tree.map(lambda a: jnp.concatenate([a, a]), h),
                               jnp.concatenate([z_enc, z_random]), train=True)
     new_stats = {'encoder': enc_stats, 'generator': gen_stats, 'latent_encoder': lat_stats}
@@ -203,9 +203,9 @@ def bicyclegan_step(state: BicycleGANState, batch: dict,
 
   # D: both cycles' fakes against the real pairs (the released code sums the two losses).
   def d_objective(p):
-    real, s = _apply(state.disc, p, stats['disc'], x, y, train=True)
-    f_vae, s = _apply(state.disc, p, s, x, stop(fake_vae), train=True)
-    f_lr, s = _apply(state.disc, p, s, x, stop(fake_lr), train=True)
+    real, s = apply_module(state.disc, p, stats['disc'], x, y, train=True)
+    f_vae, s = apply_module(state.disc, p, s, x, stop(fake_vae), train=True)
+    f_lr, s = apply_module(state.disc, p, s, x, stop(fake_lr), train=True)
     return d_loss_fn(real, f_vae) + d_loss_fn(real, f_lr), (s, real, f_vae, f_lr)
 
   (ld, (stats_d, real, f_vae, f_lr)), grads_d = jax.value_and_grad(
@@ -219,8 +219,8 @@ def bicyclegan_step(state: BicycleGANState, batch: dict,
 
   def g_objective(outs):
     fake_vae, fake_lr, mu, logvar = outs
-    l_vae, s = _apply(state.disc, params_d, stats_d, x, fake_vae, train=True)
-    l_lr, s = _apply(state.disc, params_d, s, x, fake_lr, train=True)
+    l_vae, s = apply_module(state.disc, params_d, stats_d, x, fake_vae, train=True)
+    l_lr, s = apply_module(state.disc, params_d, s, x, fake_lr, train=True)
     adv_vae, adv_lr = g_loss_fn(l_vae), g_loss_fn(l_lr)
     recon = jnp.mean(state.recon_fn(fake_vae, batch))
     kl = jnp.mean(kl_divergence(mu, logvar))
@@ -258,5 +258,5 @@ def bicyclegan_sample(state: BicycleGANState, x: jax.Array, key: jax.Array,
 
 def encode(state: BicycleGANState, y: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(mu, log sigma^2) = E(y), without statistics updates."""
-  return _apply(state.latent_encoder, state.params['latent_encoder'],
+  return apply_module(state.latent_encoder, state.params['latent_encoder'],
                 state.stats['latent_encoder'], y, train=False)[0]

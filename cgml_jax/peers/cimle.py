@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cgml_jax.cgml import LossFn, _apply, _repeat, l1_error
+from cgml_jax.cgml import LossFn, apply_module, l1_error, repeat_batch
 from cgml_jax.peers import methods as peers
 
 PyTree = Any
@@ -111,16 +111,16 @@ def candidate_errors(state: CIMLEState, batch: dict, z: jax.Array) -> jax.Array:
   Inference mode (no statistics updates, no gradients); H runs once per input.
   """
   b, m = z.shape[:2]
-  h = _apply(state.encoder, state.params['encoder'], state.stats['encoder'], batch['x'],
+  h = apply_module(state.encoder, state.params['encoder'], state.stats['encoder'], batch['x'],
              train=False)[0]
   if getattr(state.generator, 'accepts_sample_axis', False):
-    y = _apply(state.generator, state.params['generator'], state.stats['generator'], h, z,
+    y = apply_module(state.generator, state.params['generator'], state.stats['generator'], h, z,
                train=False)[0]                                     # (B, m, ...)
     y = y.reshape((b * m,) + y.shape[2:])
   else:
-    y = _apply(state.generator, state.params['generator'], state.stats['generator'],
-               _repeat(h, m), z.reshape(b * m, -1), train=False)[0]
-  return jax.lax.stop_gradient(state.loss_fn(y, _repeat(batch, m)).reshape(b, m))
+    y = apply_module(state.generator, state.params['generator'], state.stats['generator'],
+               repeat_batch(h, m), z.reshape(b * m, -1), train=False)[0]
+  return jax.lax.stop_gradient(state.loss_fn(y, repeat_batch(batch, m)).reshape(b, m))
 
 
 def cimle_step(state: CIMLEState, batch: dict, key: jax.Array) -> tuple[CIMLEState, dict]:
@@ -143,9 +143,9 @@ def cimle_step(state: CIMLEState, batch: dict, key: jax.Array) -> tuple[CIMLESta
   z_star, _ = select_nearest(errors, z)
 
   def loss(params):
-    h, enc_stats = _apply(state.encoder, params['encoder'], state.stats['encoder'],
+    h, enc_stats = apply_module(state.encoder, params['encoder'], state.stats['encoder'],
                           batch['x'], train=True)
-    y_hat, gen_stats = _apply(state.generator, params['generator'], state.stats['generator'],
+    y_hat, gen_stats = apply_module(state.generator, params['generator'], state.stats['generator'],
                               h, z_star, train=True)
     return state.loss_fn(y_hat, batch).mean(), {'encoder': enc_stats, 'generator': gen_stats}
 
