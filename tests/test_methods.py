@@ -135,3 +135,19 @@ def test_representation_probe_rows_and_table(tmp_path, data_dir):
              'eval': {'test': {'l1': {'psnr_mean': 20.0}}}, 'probe': {'cifar10': out}}
   acc = out['results']['l1']['test_acc']
   assert f'| l1 | 20 | 1 | 10 | {acc:.4g} |' in image.markdown(results)
+
+
+def test_package_exports_its_public_surface_lazily():
+  import subprocess
+  import sys
+  code = ('import sys, cgml_jax; from cgml_jax.training import lock; '
+          'assert "jax" not in sys.modules; '
+          'assert cgml_jax.Hyper is cgml_jax.cgml.Hyper; '
+          'assert callable(cgml_jax.train_and_evaluate); print(cgml_jax.__version__)')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == cgml_jax_version()
+
+
+def cgml_jax_version():
+  import cgml_jax
+  return cgml_jax.__version__
