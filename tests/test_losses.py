@@ -55,7 +55,7 @@ def test_colorization_loss_values_independence_and_gradients():
   plain = jax.jit(losses.colorization_loss(lam=0.0))(y_hat, {'y': y})
   want = np.abs(np.asarray(y_hat - y)).mean(axis=(1, 2)).sum(-1)  # |a - â| + |b - b̂|
   np.testing.assert_allclose(plain, want, rtol=1e-5)
-  fn = jax.jit(losses.colorization_loss(lam=0.5, bins=8))
+  fn = jax.jit(losses.colorization_loss(lam=0.5, bins=8, form='per_image'))
   full = fn(y_hat, {'y': y})
   assert full.shape == (3,) and bool(jnp.all(full > plain))
   # A collapsed (grey) prediction pays more histogram penalty than a spread one.
@@ -69,7 +69,72 @@ def test_colorization_loss_values_independence_and_gradients():
   special = y_hat.at[0, 0, :4, 0].set(jnp.asarray([-1.0, 1.0, 0.0, -0.875]))
   for kernel in ('triangular', 'gaussian'):
     g = jax.jit(jax.grad(
-        lambda p: losses.colorization_loss(0.5, 8, kernel)(p, {'y': y}).sum()))(special)
+        lambda p: losses.colorization_loss(0.5, 8, kernel, form='per_image')(p, {'y': y}).sum()
+    ))(special)
     assert bool(jnp.isfinite(g).all()) and float(jnp.abs(g).sum()) > 0
   with pytest.raises(ValueError, match=r'\(B, H, W, 2\)'):
     fn(y_hat[..., :1], {'y': y[..., :1]})
+
+
+def test_batch_form_has_the_gradient_of_the_batch_kl_and_per_example_values():
+  rng = np.random.default_rng(1)
+  y = jnp.asarray(rng.uniform(-1, 1, (3, 6, 6, 2)), jnp.float32)
+  y_hat = jnp.asarray(rng.uniform(-0.5, 0.5, (3, 6, 6, 2)), jnp.float32)
+  lam, bins = 0.3, 8
+  fn = losses.colorization_loss(lam=lam, bins=bins, form='batch')
+  plain = losses.colorization_loss(lam=0.0)
+
+  def batch_kl(p):
+    chans = jnp.moveaxis(p.reshape(3, -1, 2), -1, 1)
+    p_bar = losses.soft_histogram(chans, bins).mean(axis=0)
+    return lam * losses.kl_to_uniform(p_bar).sum()
+
+  e = fn(y_hat, {'y': y})
+  np.testing.assert_allclose(e.mean() - plain(y_hat, {'y': y}).mean(), batch_kl(y_hat),
+                             rtol=1e-5)
+  g = jax.grad(lambda p: fn(p, {'y': y}).mean())(y_hat)
+  g_want = jax.grad(lambda p: plain(p, {'y': y}).mean() + batch_kl(p))(y_hat)
+  np.testing.assert_allclose(g, g_want, atol=1e-6)
+  # The z step differentiates the batch sum: example 0's gradient comes from its own
+  # output only (the batch histogram is a fixed cost there).
+  g_sum = jax.grad(lambda p: fn(p, {'y': y}).sum())(y_hat)
+  g_own = jax.grad(lambda p: fn(p, {'y': y})[0])(y_hat)
+  np.testing.assert_allclose(g_sum[0], g_own[0], atol=1e-6)
+  np.testing.assert_allclose(g_own[1:], 0.0)
+
+
+def test_rebalance_weights_and_loss():
+  # Mostly grey, a few saturated colours.
+  rng = np.random.default_rng(0)
+  ab = np.concatenate([rng.normal(0, 0.05, (9000, 2)), rng.uniform(-0.8, 0.8, (1000, 2))])
+  prior = losses.ab_histogram(ab, 16)
+  assert prior.shape == (16, 16) and abs(prior.sum() - 1) < 1e-9
+  w = losses.rebalance_weights(prior, mix=0.5)
+  grey, rare = losses._bin_index(np.asarray([[0.01, 0.01], [0.7, -0.7]]), 16, -1.0, 1.0)
+  assert w[tuple(grey)] < 1 < w[tuple(rare)]
+  np.testing.assert_allclose(losses.rebalance_weights(prior, mix=1.0), 1.0, rtol=1e-5)
+  # E: per-pixel weights of the TRUE colour; exact prediction scores 0; per example.
+  y = jnp.asarray(rng.uniform(-1, 1, (2, 4, 4, 2)), jnp.float32)
+  y_hat = y + 0.1
+  fn = losses.colorization_loss(form='rebalance', weights=w)
+  idx = losses._bin_index(np.asarray(y), 16, -1.0, 1.0)
+  want = (w[idx[..., 0], idx[..., 1]] * 0.2).reshape(2, -1).mean(axis=1)
+  np.testing.assert_allclose(fn(y_hat, {'y': y}), want, rtol=1e-5)
+  np.testing.assert_allclose(fn(y, {'y': y}), 0.0)
+  with pytest.raises(ValueError, match='weights'):
+    losses.colorization_loss(form='rebalance')
+  with pytest.raises(ValueError, match='form'):
+    losses.colorization_loss(form='dataset')
+
+
+def test_colorfulness_is_output_chroma_over_true_chroma():
+  from cgml_jax.tasks import colorize
+  y = np.zeros((2, 4, 4, 2), np.float32)
+  y[0, ..., 0] = 30 / 110   # chroma 30
+  y[1, ..., 1] = -10 / 110  # chroma 10
+  outputs = np.stack([y * 0.5, y * 0.5], axis=1)  # (B, K = 2, ...), half as colourful
+  s = colorize.chroma_scores({'y': y}, outputs)
+  np.testing.assert_allclose(s['chroma_gt'], [30, 10], rtol=1e-6)
+  np.testing.assert_allclose(s['chroma'], [15, 5], rtol=1e-6)
+  summary = {k: float(v.mean()) for k, v in s.items()}
+  np.testing.assert_allclose(colorize.colorfulness(summary)['colorfulness'], 0.5)
