@@ -77,6 +77,9 @@ class ImageTask:
     source: (config, split) -> random-access source; default `default_source`.
     extra_eval: optional (config, states, key, workdir) -> dict of task-specific results,
       stored under 'task' in metrics.json.
+    extra_scores: optional (batch, outputs (B, K, ...)) -> {name: (B,) per-input scores},
+      averaged over inputs like the pinned scores.
+    extra_summary: optional summary -> further summary entries (e.g. ratios of means).
   """
   name: str
   in_channels: int
@@ -88,6 +91,8 @@ class ImageTask:
   protocols: Callable[[Any], Sequence[str]] = lambda config: ('test',)
   source: Callable[[Any, str], Any] | None = None
   extra_eval: Callable | None = None
+  extra_scores: Callable | None = None
+  extra_summary: Callable | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -427,6 +432,8 @@ def score(task: ImageTask, config, batch: dict, outputs: np.ndarray, lpips=None,
   e, img, gt, p, s = (np.stack(v, axis=1) for v in zip(*per_slot))
   gt = gt[:, 0]
   out = {'E': e, 'psnr': p, 'ssim': s}
+  if task.extra_scores is not None:
+    out.update({k: np.asarray(v) for k, v in task.extra_scores(batch, outputs).items()})
   if lpips is not None:
     out['lpips'] = np.stack([np.asarray(lpips(img[:, j], gt)) for j in range(k)], axis=1)
   if k > 1:
@@ -478,7 +485,10 @@ def evaluate(task: ImageTask, config, states: dict, key, lpips=None
         if start == 0:
           outs_shown[method] = imgs[:config.eval.grid_rows]
       per_input = {k: np.concatenate([a[k] for a in acc]) for k in acc[0]}
-      per_method[method] = {**summarize(per_input), 'num_inputs': n,
+      summary = summarize(per_input)
+      if task.extra_summary is not None:
+        summary.update(task.extra_summary(summary))
+      per_method[method] = {**summary, 'num_inputs': n,
                             'num_samples': 1 if method == 'l1' else config.eval.num_samples}
     metrics[protocol] = per_method
     shown[protocol] = ({k: v[:config.eval.grid_rows] for k, v in data.items()}, outs_shown)
@@ -489,7 +499,8 @@ def evaluate(task: ImageTask, config, states: dict, key, lpips=None
 # Reports.
 
 _TABLE_COLUMNS = ('psnr_mean', 'psnr_best', 'ssim_mean', 'ssim_best', 'lpips_mean',
-                  'lpips_best', 'diversity', 'pixel_diversity', 'E_mean', 'E_best')
+                  'lpips_best', 'diversity', 'pixel_diversity', 'colorfulness', 'E_mean',
+                  'E_best')
 
 
 def markdown(results: dict) -> str:
