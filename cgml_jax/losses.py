@@ -153,7 +153,7 @@ HIST_FORMS = ('none', 'per_image', 'batch', 'rebalance')
 
 
 def colorization_loss(lam: float = 0.1, bins: int = 32, kernel: str = 'triangular',
-                      low: float = -1.0, high: float = 1.0, form: str = 'per_image',
+                      low: float = -1.0, high: float = 1.0, form: str = 'none',
                       weights: np.ndarray | None = None) -> LossFn:
   r"""Factory of the colorization error (paper Sec. 5.2, colorization).
 

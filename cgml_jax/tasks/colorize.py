@@ -66,6 +66,7 @@ def ab_prior(config) -> np.ndarray:
 def loss_fn(config):
   """E of the paper's colorization: L1 on ab plus the term of `loss.hist_form`."""
   l = config.loss
+  # Configs written before hist_form existed meant the per-image KL.
   form = l.get('hist_form', 'per_image')
   weights = None
   if form == 'rebalance':
