@@ -34,8 +34,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.latent_hidden = (64, 64)
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.hist_weight = 0.1     # lambda of the KL(hist || uniform) terms
-  c.loss.bins = 32             # histogram bins over ab / 110 in [-1, 1]
+  # The colour-balance term of E (cgml_jax.losses.colorization_loss; measurements in
+  # docs/colorize.md): 'rebalance' (Zhang et al.'s weights on the L1: more colour, more
+  # diverse samples, no dots), 'batch' and 'per_image' (the paper's KL over the batch or
+  # over each image: both paint a grid of coloured dots at lambda = 0.1) or 'none'.
+  c.loss.hist_form = 'rebalance'
+  c.loss.hist_weight = 0.1     # lambda of the KL(hist || uniform) terms ('batch', 'per_image')
+  c.loss.rebalance_mix = 0.8   # share of uniform in the weights ('rebalance'; Zhang et al.: 0.5)
+  c.loss.prior_examples = 2048  # training images behind the ab prior ('rebalance')
+  c.loss.bins = 32             # histogram bins over ab / 110 in [-1, 1] (per axis)
   c.loss.kernel = 'triangular'
 
   c.train.steps = 600          # ~2.5 min for both methods plus evaluation on 2 CPU cores

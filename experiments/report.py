@@ -108,7 +108,7 @@ def toy_table(results: dict) -> str:
   return '\n'.join(lines).rstrip('\n')
 
 
-IMAGE_COLUMNS = ('psnr_best', 'ssim_best', 'lpips_best', 'diversity', 'colourfulness')
+IMAGE_COLUMNS = ('psnr_best', 'ssim_best', 'lpips_best', 'diversity', 'colorfulness')
 
 
 def image_table(results: dict) -> str:

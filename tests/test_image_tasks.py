@@ -123,6 +123,9 @@ def test_smoke_config_end_to_end(name, tmp_path):
   assert '| cgml |' in open(tmp_path / 'metrics.md').read()
   for method, info in metrics['train'].items():   # every optimiser still moving at the end
     assert info['final_update_norm'] and min(info['final_update_norm'].values()) > 0, method
+  if name == 'colorize':  # the colourfulness ratio is generated for every method
+    for m in metrics['eval']['test'].values():
+      assert m['colorfulness'] == pytest.approx(m['chroma'] / m['chroma_gt'])
   if name == 'mnist_corrupted':
     assert set(metrics['task_metrics']) == {'l1', 'cgml', 'cgml_T0'}
     assert 'clean_sample_rate' in metrics['task_metrics']['cgml']

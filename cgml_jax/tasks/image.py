@@ -78,8 +78,11 @@ class ImageTask:
     input_image: x -> (B, H, W, 1 or 3) image in [-1, 1] for the input column of the grids.
     protocols: config -> names of the evaluation protocols (e.g. mask types).
     source: (config, split) -> random-access source; default `default_source`.
-    extra_eval: optional (config, states, key, workdir) -> dict of task-specific results,
-      stored under 'task' in metrics.json.
+    extra_eval: optional (config, trained {method: methods.Trained}, key, workdir) -> dict
+      of task-specific results, stored under 'task_metrics' in metrics.json.
+    extra_scores: optional (batch, outputs (B, K, ...)) -> {name: (B,) per-input scores},
+      averaged over inputs like the pinned scores.
+    extra_summary: optional summary -> further summary entries (e.g. ratios of means).
   """
   name: str
   in_channels: int
@@ -91,6 +94,8 @@ class ImageTask:
   protocols: Callable[[Any], Sequence[str]] = lambda config: ('test',)
   source: Callable[[Any, str], Any] | None = None
   extra_eval: Callable | None = None
+  extra_scores: Callable | None = None
+  extra_summary: Callable | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -467,6 +472,8 @@ def score(task: ImageTask, config, batch: dict, outputs: np.ndarray, lpips=None,
   e, img, gt, p, s = (np.stack(v, axis=1) for v in zip(*per_slot))
   gt = gt[:, 0]
   out = {'E': e, 'psnr': p, 'ssim': s}
+  if task.extra_scores is not None:
+    out.update({k: np.asarray(v) for k, v in task.extra_scores(batch, outputs).items()})
   if lpips is not None:
     out['lpips'] = np.stack([np.asarray(lpips(img[:, j], gt)) for j in range(k)], axis=1)
   if k > 1:
@@ -526,7 +533,10 @@ def evaluate(task: ImageTask, config, trained: dict, key, lpips=None) -> tuple[d
         if start == 0:
           outs_shown[method] = imgs[:config.eval.grid_rows]
       per_input = {kk: np.concatenate([a[kk] for a in acc]) for kk in acc[0]}
-      per_method[method] = {**summarize(per_input), 'num_inputs': n, 'num_samples': k}
+      summary = summarize(per_input)
+      if task.extra_summary is not None:
+        summary.update(task.extra_summary(summary))
+      per_method[method] = {**summary, 'num_inputs': n, 'num_samples': k}
     metrics[protocol] = per_method
     shown[protocol] = ({kk: v[:config.eval.grid_rows] for kk, v in data.items()}, outs_shown)
   return metrics, shown
@@ -536,7 +546,7 @@ def evaluate(task: ImageTask, config, trained: dict, key, lpips=None) -> tuple[d
 # Reports.
 
 COLUMNS = ('psnr_mean', 'psnr_best', 'ssim_mean', 'ssim_best', 'lpips_mean', 'lpips_best',
-           'diversity', 'pixel_diversity', 'E_mean', 'E_best')
+           'diversity', 'pixel_diversity', 'colorfulness', 'E_mean', 'E_best')
 TRAIN_COLUMNS = ('seconds', 'steps', 'steps_to_target', 'final_probe_E')
 
 
