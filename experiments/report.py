@@ -12,8 +12,8 @@ in a Markdown file:
   ...generated...
   <!-- /report -->
 
-KIND names a table function below; PATTERN is a glob of run sets under results/ (e.g.
-`toy/paper_*`). Nothing between the markers is typed by hand.
+KIND names a table function below; PATTERN is a comma-separated list of globs of run
+sets under results/ (e.g. `toy/paper_*,toy/best_*`). Nothing between the markers is typed by hand.
 """
 
 from __future__ import annotations
@@ -45,14 +45,19 @@ def load(root: str = RESULTS) -> dict[str, dict[int, dict]]:
 
 
 def select(results: dict, pattern: str | None) -> dict:
-  return {k: v for k, v in results.items() if pattern is None or fnmatch.fnmatch(k, pattern)}
+  """The run sets matching any of the comma-separated globs of `pattern` (all if None)."""
+  if pattern is None:
+    return dict(results)
+  globs = pattern.split(',')
+  return {k: v for k, v in results.items() if any(fnmatch.fnmatch(k, g) for g in globs)}
 
 
 def mean_std(values) -> str:
   v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
   if v.size == 0:
     return ''
-  return f'{v.mean():.3f} ± {v.std():.3f}' if v.size > 1 else f'{v[0]:.3f}'
+  # the sample standard deviation (ddof = 1): seeds are a sample of the runs one could make
+  return f'{v.mean():.3f} ± {v.std(ddof=1):.3f}' if v.size > 1 else f'{v[0]:.3f}'
 
 
 def _config(m: dict) -> dict:
@@ -168,7 +173,54 @@ def readme_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
-TABLES = {'toy': toy_table, 'image': image_table, 'readme': readme_table}
+COLORIZE_COLUMNS = (  # (header, method, metric key, format)
+    ('L1 PSNR', 'l1', 'psnr_mean', '.2f'),
+    ('L1 SSIM', 'l1', 'ssim_mean', '.3f'),
+    ('L1 colourf.', 'l1', 'colorfulness', '.2f'),
+    ('cGML PSNR mean', 'cgml', 'psnr_mean', '.2f'),
+    ('cGML PSNR best', 'cgml', 'psnr_best', '.2f'),
+    ('cGML SSIM best', 'cgml', 'ssim_best', '.3f'),
+    ('cGML LPIPS best', 'cgml', 'lpips_best', '.3f'),
+    ('cGML LPIPS div.', 'cgml', 'diversity', '.4f'),
+    ('cGML colourf.', 'cgml', 'colorfulness', '.2f'),
+)
+COLORIZE_FORMS = ('none', 'per_image', 'batch', 'rebalance')
+
+
+def _mean_std_fmt(values, fmt: str) -> str:
+  """'m ± s' with the sample std (ddof = 1), or 'm' for one value."""
+  v = np.asarray([x for x in values if x is not None], np.float64)
+  if v.size == 0:
+    return ''
+  if v.size == 1:
+    return format(v[0], fmt)
+  return f'{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)}'
+
+
+def colorize_table(results: dict) -> str:
+  """The colour-balance study: one row per run set `<form>_<lambda>_<dataset>`, mean ±
+  std over seeds of L1's and cGML's scores on the evaluated split."""
+  def key(run_set):
+    form, lam, dataset = os.path.basename(run_set).rsplit('_', 2)
+    order = COLORIZE_FORMS.index(form) if form in COLORIZE_FORMS else len(COLORIZE_FORMS)
+    return dataset, order, float(lam)
+
+  head = ['dataset', 'form', 'λ', 'seeds'] + [c[0] for c in COLORIZE_COLUMNS]
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for run_set in sorted(results, key=key):
+    form, lam, dataset = os.path.basename(run_set).rsplit('_', 2)
+    runs = [results[run_set][s] for s in sorted(results[run_set])]
+    seeds = ','.join(str(s) + ('*' if results[run_set][s]['provenance'].get('dirty', True)
+                               else '') for s in sorted(results[run_set]))
+    cells = [_mean_std_fmt([m['eval']['test'][method].get(k) for m in runs], fmt)
+             for _, method, k, fmt in COLORIZE_COLUMNS]
+    lines.append('| ' + ' | '.join([dataset, form, '' if form == 'none' else lam, seeds]
+                                   + cells) + ' |')
+  return '\n'.join(lines)
+
+
+TABLES = {'toy': toy_table, 'image': image_table, 'readme': readme_table,
+          'colorize': colorize_table}
 
 
 def render(text: str, results: dict, doc_path: str) -> str:
