@@ -22,7 +22,8 @@ Timings on a shared machine are noisy: every number is the median of --steps cal
 two warm-up calls.
 
 Usage:
-  python benchmarks/bench.py [--steps N] [--rounds R] [--json] [--out DIR] [--no-torch] [--layers] [--smoke]
+  python benchmarks/bench.py [--steps N] [--rounds R] [--json] [--out DIR] [--no-torch]
+      [--layers] [--smoke]
 """
 
 from __future__ import annotations

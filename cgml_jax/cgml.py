@@ -53,7 +53,6 @@ gradient of example i depends on example i alone (the sum over the batch is what
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn

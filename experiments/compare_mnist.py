@@ -6,7 +6,7 @@
 
 The task part is experiments/mnist_corrupted.py (same arguments: overlap, box, smoke); this
 adds the peers' fields (cgml_jax.tasks.image.add_comparison_fields), the method list and the
-representation probe (CIFAR-10 rows as grey 28px inputs, and MNIST digits). 
+representation probe (CIFAR-10 rows as grey 28px inputs, and MNIST digits).
 """
 
 import ml_collections

@@ -34,10 +34,10 @@ from cgml_jax.training import parallel  # noqa: E402
 parallel.initialize_distributed()
 
 from cgml_jax import cgml  # noqa: E402
-from cgml_jax.training import loop  # noqa: E402
-from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet  # noqa: E402
 from cgml_jax.data.arrays import BatchIterator  # noqa: E402
+from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet  # noqa: E402
 from cgml_jax.tasks import toy  # noqa: E402
+from cgml_jax.training import loop  # noqa: E402
 
 
 def main():

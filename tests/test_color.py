@@ -9,8 +9,7 @@ import pytest
 import skimage.color
 import skimage.data
 
-from cgml_jax.data import color
-from cgml_jax.data import transforms
+from cgml_jax.data import color, transforms
 
 
 def _images():

@@ -7,8 +7,7 @@ import optax
 import pytest
 
 from cgml_jax import cgml
-from cgml_jax.models.conv import (ConvEncoder, ConvGenerator, build_conv_models,
-                                  padded_size)
+from cgml_jax.models.conv import ConvEncoder, ConvGenerator, build_conv_models, padded_size
 
 B, Z_DIM = 2, 3
 SMALL = dict(base_channels=4, max_channels=16, latent_hidden=(8,))

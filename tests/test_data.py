@@ -9,7 +9,6 @@ from PIL import Image
 from cgml_jax import data
 from cgml_jax.data import masks, sources, transforms
 
-
 # ---------------------------------------------------------------------------------------
 # Data folder and sources.
 

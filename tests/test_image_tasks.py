@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from cgml_jax import train
-from cgml_jax.tasks import viz
 from cgml_jax.data import transforms
-from cgml_jax.tasks import colorize, complete, image, mnist_corrupted
+from cgml_jax.tasks import colorize, complete, image, mnist_corrupted, viz
 from experiments import mnist_corrupted as mnist_config
 
 
@@ -115,7 +114,7 @@ def test_smoke_config_end_to_end(name, tmp_path):
   assert {'metrics.json', 'metrics.md', 'trajectory.png'} <= files
   assert all(f'samples_{p}.png' in files for p in out['eval'])
   metrics = json.load(open(tmp_path / 'metrics.json'))
-  for protocol, per_method in metrics['eval'].items():
+  for per_method in metrics['eval'].values():
     assert set(per_method) == {'l1', 'cgml'}
     for m in per_method.values():
       assert np.isfinite([m['psnr_best'], m['E_best'], m['pixel_diversity']]).all()

@@ -8,8 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgml_jax.models.layers import (Conv4x4Down, ConvTranspose4x4Up, conv4x4_down, conv4x4_up,
-                                     conv4x4_up_terms)
+from cgml_jax.models.layers import (
+  Conv4x4Down,
+  ConvTranspose4x4Up,
+  conv4x4_down,
+  conv4x4_up,
+  conv4x4_up_terms,
+)
 from cgml_jax.models.lipschitz import SpectralNorm
 
 TOL = 1e-5

@@ -13,9 +13,9 @@ import sys
 import time
 
 import pytest
+from compile_env import fast_compile_env
 
 from cgml_jax.training import lock
-from compile_env import fast_compile_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD = ('import sys, time; from cgml_jax.training import lock; lock.acquire(sys.argv[1]); '

@@ -7,8 +7,8 @@ import optax
 import pytest
 
 from cgml_jax import cgml, regression
-from cgml_jax.training import optim
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
+from cgml_jax.training import optim
 
 PEAK = 1e-2
 

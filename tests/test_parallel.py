@@ -13,9 +13,9 @@ import sys
 
 import numpy as np
 import pytest
+from compile_env import fast_compile_env
 
 from cgml_jax.training import parallel
-from compile_env import fast_compile_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPER = os.path.join(HERE, 'parallel_helper.py')

@@ -24,7 +24,6 @@ import threading
 
 import numpy as np
 import orbax.checkpoint as ocp
-
 from compile_env import fast_compile_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

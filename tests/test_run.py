@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from compile_env import fast_compile_env
 
 from cgml_jax.training import loop
-from compile_env import fast_compile_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

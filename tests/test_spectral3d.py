@@ -5,16 +5,15 @@ depend on the degree, and the jit compile time of the unrolled recurrences grows
 """
 
 import math
-import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special as sps
+from conftest import DATA_AVAILABLE, SKIP_REASON
 from scipy.spatial.transform import Rotation
 
 from cgml_jax.spectral3d import pointcloud, sph, zernike
-from conftest import DATA_AVAILABLE, SKIP_REASON
 
 L = 6
 

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cgml_jax.data.color import AB_SCALE, L_SCALE  # constants only; transforms stay numpy
 from cgml_jax.data import masks as masks_lib
+from cgml_jax.data.color import AB_SCALE, L_SCALE  # constants only; transforms stay numpy
 
 Example = dict[str, np.ndarray]
 Transform = Callable[[Example, np.random.Generator], Example]

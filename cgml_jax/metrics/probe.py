@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-
 # ---------------------------------------------------------------------------------------
 # Features of a frozen encoder.
 

@@ -93,7 +93,8 @@ def _patches2x2(x: jax.Array, ho: int, wo: int) -> jax.Array:
 
 
 def _space_to_depth(xp: jax.Array) -> jax.Array:
-  """(B, 2M, 2N, C) -> (B, M, N, 4 C): block (m, n) holds xp[2m + r, 2n + s] at channel (r, s, c)."""
+  """(B, 2M, 2N, C) -> (B, M, N, 4 C): block (m, n) holds xp[2m + r, 2n + s] at channel
+  (r, s, c)."""
   b, h2, w2, c = xp.shape
   return xp.reshape(b, h2 // 2, 2, w2 // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(
       b, h2 // 2, w2 // 2, 4 * c)

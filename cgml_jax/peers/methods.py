@@ -41,11 +41,11 @@ import optax
 from flax import struct
 
 from cgml_jax import regression
-from cgml_jax.training import optim
 from cgml_jax.cgml import LossFn, apply_module, hg_params, l1_error, repeat_batch
 from cgml_jax.peers import diversity as div_lib
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import mrgan as mr_lib
+from cgml_jax.training import optim
 
 PyTree = Any
 stop = jax.lax.stop_gradient

@@ -26,8 +26,7 @@ import ml_collections
 import numpy as np
 
 from cgml_jax import losses
-from cgml_jax.data import color
-from cgml_jax.data import transforms
+from cgml_jax.data import color, transforms
 from cgml_jax.tasks import image
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from cgml_jax import losses
 from cgml_jax.data import masks, transforms

@@ -30,10 +30,8 @@ import ml_collections
 
 from cgml_jax import cgml, regression
 from cgml_jax.models import layers
-from cgml_jax.peers import basisgan as basis_lib
 from cgml_jax.peers import bicyclegan as bicycle_lib
 from cgml_jax.peers import cimle as cimle_lib
-from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import methods as peers
 from cgml_jax.peers import mrgan as mr_lib
 from cgml_jax.training import loop, optim

@@ -173,6 +173,7 @@ def extra_eval(config, trained: dict, key, workdir: str) -> dict:
   """
   del workdir
   import jax
+
   from cgml_jax import cgml
   data = image.load_eval_set(TASK, config, 'test')
   n, bs = len(data['x']), config.eval.batch_size

@@ -66,9 +66,9 @@ def probe(task, config, trained: dict, key) -> dict:
   """Linear-probe accuracy of every method's frozen H and of an untrained H.
 
   For each dataset of `config.probe.datasets`: bottleneck features
-  (`cgml_jax.metrics.probe`) of the probe-train and probe-test rows (`probe_rows`, mapped to the task's inputs by
-  `probe_preprocess`), then `probe.linear_probe` (l2 chosen on a held-out part of
-  probe-train).
+  (`cgml_jax.metrics.probe`) of the probe-train and probe-test rows (`probe_rows`, mapped
+  to the task's inputs by `probe_preprocess`), then `probe.linear_probe` (l2 chosen on a
+  held-out part of probe-train).
 
   Returns:
     {dataset: {'train_rows', 'test_rows', 'seconds', 'results': {method: probe dict}}}.

@@ -55,7 +55,6 @@ and the map cache maps_*.npz.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -66,16 +65,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cgml_jax import spectral3d as s3d
+from cgml_jax.data.arrays import BatchIterator
+from cgml_jax.losses import masked_l1
+from cgml_jax.metrics import probe as probe_lib
+from cgml_jax.metrics.probe import chunked, encoder_features, linear_probe
+from cgml_jax.models.conv import build_conv_models
+from cgml_jax.peers import gan as gan_lib
 from cgml_jax.tasks import methods as methods_lib
 from cgml_jax.training import parallel
 from cgml_jax.training import workdir as workdir_lib
-from cgml_jax import spectral3d as s3d
-from cgml_jax.losses import masked_l1
-from cgml_jax.models.conv import build_conv_models
-from cgml_jax.peers import gan as gan_lib
-from cgml_jax.metrics import probe as probe_lib
-from cgml_jax.metrics.probe import chunked, encoder_features, linear_probe
-from cgml_jax.data.arrays import BatchIterator
 
 METHODS = ('l1', 'cgml', 'context_encoder')
 

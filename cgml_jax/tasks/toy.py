@@ -16,7 +16,6 @@ Metrics on held-out x, each with K samples (tau = config.eval.tau_frac * max|s|)
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -26,12 +25,12 @@ import ml_collections
 import numpy as np
 
 from cgml_jax import cgml
+from cgml_jax.data.arrays import BatchIterator
 from cgml_jax.metrics import modes as modes_lib
+from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
 from cgml_jax.tasks import methods as methods_lib
 from cgml_jax.training import parallel
 from cgml_jax.training import workdir as workdir_lib
-from cgml_jax.data.arrays import BatchIterator
-from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
 
 METHODS = ('l1', 'cgml_no_rho', 'cgml')
 

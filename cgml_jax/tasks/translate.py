@@ -24,6 +24,7 @@ def source(config, split: str):
   d = config.data
   if d.name.startswith('pix2pix:'):
     import pathlib
+
     from cgml_jax.data import resolve_data_dir
     root = pathlib.Path(d.name.partition(':')[2]).expanduser()
     if not root.is_absolute():

@@ -11,6 +11,7 @@ import numpy as np
 
 from cgml_jax.training import checkpoint, loop, optim, parallel, writers
 from cgml_jax.training import lock as lock_lib
+
 # Re-exported: callers of `prepare` catch these.
 from cgml_jax.training.lock import WorkdirError, WorkdirLocked  # noqa: F401
 
