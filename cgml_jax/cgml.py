@@ -68,6 +68,7 @@ LossFn = Callable[[jax.Array, dict], jax.Array]
 _EPS = 1e-8
 GENERATOR_UPDATES = ('every', 'last')
 LATENT_INITS = ('random', 'persistent')
+LATENT_TARGETS = ('next', 'end')
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,6 +224,18 @@ class Hyper:
       XLA:CPU runs convolutions inside a `while` loop through a slow generic path) or as a
       rolled one (False: one copy of the body, so compile time does not grow with l; the
       right choice for MLPs). The two compute the same function.
+
+  Multimodality options, not in the paper; their defaults are the paper's method:
+    init_candidates: N; z_0 is the best of N uniform points on the sphere by E (1: one
+      random point). Random z_0 start in the basin of a wrong mode, and l steps of z
+      descent may not leave it, so G is trained towards a point between modes.
+    latent_target: 'next' fits Z to the next inner step z' (Algorithm 1); 'end' to where
+      the l z steps end, computed before the inner loop under the batch's initial H, G
+      (`descent_end`), with rho = alpha * ||z_end - z|| (Eq. 4 then jumps to the end).
+    redraw_rho: inference only (0: off). A sample whose rho_hat at its final z exceeds
+      this is redrawn from a new z_0, up to `redraw_rounds` times: Z is trained towards
+      rest (small rho) at the modes, so a large final rho_hat marks a phantom.
+    redraw_rounds: how many times `sample` redraws the high-rho_hat samples.
   """
   z_dim: int
   step_size: float = 1.0
@@ -234,6 +247,10 @@ class Hyper:
   clip_step: bool = False
   step_size_decay: float = 1.0
   unroll: bool = True
+  init_candidates: int = 1
+  latent_target: str = 'next'
+  redraw_rho: float = 0.0
+  redraw_rounds: int = 0
 
   def __post_init__(self):
     if self.z_dim < 1:
@@ -249,6 +266,14 @@ class Hyper:
                        f'got {self.generator_update!r}')
     if self.latent_init not in LATENT_INITS:
       raise ValueError(f'latent_init must be one of {LATENT_INITS}, got {self.latent_init!r}')
+    if self.init_candidates < 1:
+      raise ValueError(f'init_candidates must be >= 1, got {self.init_candidates}')
+    if self.latent_target not in LATENT_TARGETS:
+      raise ValueError(f'latent_target must be one of {LATENT_TARGETS}, '
+                       f'got {self.latent_target!r}')
+    if self.redraw_rho < 0 or self.redraw_rounds < 0:
+      raise ValueError(f'redraw_rho and redraw_rounds must be >= 0, got {self.redraw_rho}, '
+                       f'{self.redraw_rounds}')
 
 
 class CGMLState(struct.PyTreeNode):
@@ -350,12 +375,65 @@ def _check_batch(state: CGMLState, batch: dict) -> int:
 # Algorithm 1.
 
 
+def _frozen_error_fn(state: CGMLState, batch: dict) -> Callable[[jax.Array], jax.Array]:
+  """z (B, n) -> E (B,) of G(H(x), z) at the state's parameters, nothing updated."""
+  h = encode(state, batch['x'])
+  return lambda z: state.loss_fn(generate(state, h, z), batch)
+
+
+def best_of_candidates(error_fn: Callable[[jax.Array], jax.Array],
+                       candidates: jax.Array) -> jax.Array:
+  """Per example, the candidate latent with the lowest error.
+
+  Args:
+    error_fn: z (B, n) -> per-example errors (B,).
+    candidates: (N, B, n) latents.
+
+  Returns:
+    (B, n): row b is candidates[argmin_i error_fn(candidates[i])[b], b].
+  """
+  errors = jax.vmap(error_fn)(candidates)  # (N, B)
+  best = jnp.argmin(errors, axis=0)
+  return jnp.take_along_axis(candidates, best[None, :, None], axis=0)[0]
+
+
 def initial_latents(state: CGMLState, batch: dict, key: jax.Array) -> jax.Array:
-  """z_0 of Algorithm 1: fresh uniform samples, or rows of the persistent table."""
-  if state.hp.latent_init == 'persistent':
+  """z_0 of Algorithm 1: fresh uniform samples, or rows of the persistent table.
+
+  With `hp.init_candidates` = N > 1 (not in the paper), each random z_0 is the best of N
+  uniform points by E under the current H, G (one forward pass of G per candidate).
+  """
+  hp = state.hp
+  if hp.latent_init == 'persistent':
     return state.z_table[batch['index']]
   b = jax.tree.leaves(batch['x'])[0].shape[0]
-  return sample_sphere(key, (b, state.hp.z_dim))
+  if hp.init_candidates == 1:
+    return sample_sphere(key, (b, hp.z_dim))
+  candidates = sample_sphere(key, (hp.init_candidates, b, hp.z_dim))
+  return jax.lax.stop_gradient(
+      best_of_candidates(_frozen_error_fn(state, batch), candidates))
+
+
+def descent_end(state: CGMLState, batch: dict, z0: jax.Array) -> jax.Array:
+  """Where the l z steps of a batch end if H, G stay as they are (`latent_target='end'`).
+
+  The same steps as Algorithm 1's step 1, beta decay included, without the (H, G)
+  updates in between (with `generator_update='last'` it is exactly the inner loop's end).
+
+  Args:
+    state: `CGMLState` at the start of the batch.
+    batch: the batch.
+    z0: (B, n) initial latents.
+
+  Returns:
+    (B, n) latents after l projected gradient steps.
+  """
+  hp = state.hp
+  error_fn = _frozen_error_fn(state, batch)
+  z = z0
+  for t in range(hp.inner_steps):
+    z, _ = z_step(error_fn, z, hp.step_size * hp.step_size_decay ** t)
+  return jax.lax.stop_gradient(z)
 
 
 def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState, dict]:
@@ -419,14 +497,15 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
     beta = hp.step_size if hp.step_size_decay == 1 else hp.step_size * hp.step_size_decay ** t
     z_next, errors = z_step(error_at, z, beta)
     z_next = stop(z_next)
-    # 2. momentum target.
-    rho = rho_target(z, z_next, hp.alpha)
+    # 2. momentum target; with latent_target='end' Z learns to point at the descent's end.
+    z_target = z_next if z_end is None else z_end
+    rho = rho_target(z, z_target, hp.alpha)
 
     # 3. Z step: H, G, z frozen.
     def z_loss(params_lat):
       (r_hat, rho_hat), lat_stats = _apply(state.latent_net, params_lat, stats['latent'],
                                             z, h_frozen, train=True)
-      return latent_loss(r_hat, rho_hat, z_next, rho, hp.use_momentum), (lat_stats, rho_hat)
+      return latent_loss(r_hat, rho_hat, z_target, rho, hp.use_momentum), (lat_stats, rho_hat)
 
     (loss_z, (lat_stats, rho_hat)), grads_lat = jax.value_and_grad(z_loss, has_aux=True)(
         params['latent'])
@@ -471,6 +550,7 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
 
   share_h_terms = getattr(state.generator, 'shares_h_terms', False)
   z0 = initial_latents(state, batch, key)
+  z_end = descent_end(state, batch, z0) if hp.latent_target == 'end' else None
   carry = (state.params, state.stats, state.opt_state, z0)
   every = hp.generator_update == 'every'
   n_scan = hp.inner_steps if every else hp.inner_steps - 1
@@ -566,6 +646,37 @@ def traverse(state: CGMLState, x: jax.Array, z0: jax.Array, num_steps: int,
   return (y_hat, out[1]) if return_trajectory else y_hat
 
 
+def redraw_high_rho(state: CGMLState, h: PyTree, z: jax.Array, key: jax.Array,
+                    num_steps: int) -> jax.Array:
+  r"""Phantom filter (not in the paper, off unless `hp.redraw_rho` > 0): Z is fitted to
+  rho = alpha * ||z' - z||, which is small where z rests on a mode, so a final latent with
+  a large rho_hat has not come to rest. Such latents are redrawn from new random z_0 and
+  traversed again; the new one is kept if its rho_hat is lower. `hp.redraw_rounds` times.
+
+  Args:
+    state: `CGMLState`.
+    h: H(x), one row per latent.
+    z: (B, n) latents after the Eq. 4 traversal.
+    key: PRNG key; round r draws with fold_in(key, r + 1).
+    num_steps: T of each new traversal.
+
+  Returns:
+    (B, n) latents: z with its high-rho_hat rows replaced where a redraw did better.
+  """
+  hp = state.hp
+  if hp.redraw_rho <= 0 or hp.redraw_rounds == 0:
+    return z
+  rho_hat = latent_field(state, z, h)[1]
+  for r in range(hp.redraw_rounds):
+    z_new = traverse_latent(state, h, sample_sphere(jax.random.fold_in(key, r + 1), z.shape),
+                            num_steps)
+    rho_new = latent_field(state, z_new, h)[1]
+    swap = (rho_hat > hp.redraw_rho) & (rho_new < rho_hat)
+    z = jnp.where(swap[:, None], z_new, z)
+    rho_hat = jnp.where(swap, rho_new, rho_hat)
+  return z
+
+
 def _repeat(tree: PyTree, k: int) -> PyTree:
   return jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), tree)
 
@@ -595,6 +706,7 @@ def sample(state: CGMLState, x: jax.Array, key: jax.Array, num_samples: int,
   h_k = _repeat(h, num_samples)
   z0 = sample_sphere(key, (b * num_samples, state.hp.z_dim))
   z = traverse_latent(state, h_k, z0, num_steps)
+  z = redraw_high_rho(state, h_k, z, key, num_steps)
   if getattr(state.generator, 'accepts_sample_axis', False):
     y = generate(state, h, z.reshape(b, num_samples, -1))
   else:

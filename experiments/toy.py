@@ -2,14 +2,15 @@
 
   python -m experiments.run --config=experiments/toy.py --workdir=/tmp/toy
   python -m experiments.run --config=experiments/toy.py:smoke --workdir=/tmp/toy_smoke
-  python -m experiments.run --config=experiments/toy.py --config.data.modes='(4.,-4.,2.)'
-  python -m experiments.run --config=experiments/toy.py:multimode --config.data.modes='(-4.,0.,4.)'
+  python -m experiments.run --config=experiments/toy.py:best --config.data.modes='(-4.,0.,4.)'
+  python -m experiments.seeds --config=experiments/toy.py:paper --seeds=0-4 \
+      --name=toy/paper_modes3 --config.data.modes='(-4.,0.,4.)'
 
-`multimode` is the setting that comes closest for 3 and 4 modes (see README, toy section:
-both reach the targets on some seeds only): l = 16 inner steps with beta decaying
-2 -> 0.07 across them, batch 128, a residual Z and the clipped Eq. 4 step over T = 100
-(none of these in the paper). With 2 modes it is worse than the default, hence a
-separate preset.
+Presets (docs/toy.md has their seed tables):
+  paper (= no argument): Algorithm 1 and Eq. 4 as written; constant beta, plain Z, plain
+    Eq. 4 step, random z_0.
+  best: paper + z_0 the best of 16 random points by E (`latent.init_candidates`).
+  smoke: a few seconds, for tests.
 """
 
 import ml_collections
@@ -37,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.lipschitz = 4.0       # C per layer of G; G is then at most C^depth-Lipschitz
   c.model.latent_spectral_norm = True
   c.model.latent_lipschitz = 4.0
-  c.model.latent_residual = False  # Z predicts r_hat - z instead of r_hat (see multimode)
+  c.model.latent_residual = False  # not in the paper: Z predicts r_hat - z instead of r_hat
 
   c.latent = ml_collections.ConfigDict()
   c.latent.init = 'random'      # 'random': fresh z_0 per batch; 'persistent': per-example table
@@ -47,12 +48,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.latent.use_momentum = True  # False = the "w/o rho" ablation for the 'cgml' method too
   c.latent.traverse_steps = 50  # T of Eq. 4 at inference
   c.latent.clip_step = False    # not in the paper: Eq. 4 step min(rho_hat, ||r_hat - z||)
+  # Multimodality options, not in the paper (cgml.Hyper); these defaults are the paper's.
+  c.latent.init_candidates = 1  # z_0 = best of N random sphere points by E (1 = random)
+  c.latent.target = 'next'      # Z fitted to the next z ('next') or the descent's 'end'
+  c.latent.redraw_rho = 0.0     # inference: redraw samples whose final rho_hat > this (0 off)
+  c.latent.redraw_rounds = 0    # ... this many times
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 2000
   c.train.inner_steps = 8       # l of Algorithm 1
   c.train.generator_update = 'every'  # 'every' inner step (Algorithm 1) or 'last' only
-  c.train.unroll = True         # unrolled inner scan; same function rolled (see multimode)
+  c.train.unroll = True         # unrolled inner scan; False: the same function rolled
   c.train.lr = 1e-3             # Adam, (H, G)
   c.train.lr_latent = 1e-3      # Adam, Z
   c.train.schedule = 'cosine'
@@ -83,7 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.tau_frac = 0.05        # tau = tau_frac * max|s|
   c.eval.plots = True
 
-  if arg == 'smoke':
+  if arg in (None, '', 'paper'):
+    pass  # Algorithm 1 and Eq. 4 as written: the defaults above
+  elif arg == 'smoke':
     c.data.num_train = 512
     c.data.num_test = 32
     c.data.batch_size = 64
@@ -97,20 +105,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.plots = False
     c.checkpoint.every = 10
     c.logging.images = False
+  elif arg == 'best':
+    # Not in the paper: z_0 of each batch is the best of 16 random sphere points by E
+    # instead of one (cgml.initial_latents). A random z_0 often starts in the basin of a
+    # wrong mode that l = 8 z steps do not leave, and G is then trained towards a phantom
+    # between modes; everything else is the paper preset.
+    c.latent.init_candidates = 16
   elif arg == 'multimode':
-    # z must leave a wrong mode's region in the first inner steps and then stay put: long
-    # early steps, short late ones. Batch 128 keeps the cost of l = 16 near that of 256 x 8.
-    c.train.inner_steps = 16
-    c.data.batch_size = 128
-    c.latent.step_size = 2.0
-    c.latent.step_size_decay = 0.8   # beta_t = 2 * 0.8^t: 2.0 at t = 0, 0.07 at t = 15
-    c.train.unroll = False           # 16 unrolled iterations take ~40 s of CPU to compile
-    # Z predicts the displacement r_hat - z, and Eq. 4 steps at most ||r_hat - z|| over
-    # T = 100 steps: fewer phantoms than the plain Z and step (README, toy section).
-    c.model.latent_residual = True
-    c.latent.clip_step = True
-    c.latent.traverse_steps = 100
+    raise ValueError('the "multimode" preset was tuned with a broken learning-rate '
+                     'schedule and is gone; use "best" (docs/toy.md)')
   elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; expected nothing, "smoke" or '
-                     '"multimode"')
+    raise ValueError(f'unknown config argument {arg!r}; expected nothing, "paper", "best" '
+                     'or "smoke"')
   return c

@@ -164,7 +164,11 @@ def train_method(method: str, config, data: dict, key: jax.Array, workdir: str |
                     generator_update=config.train.generator_update,
                     latent_init=config.latent.init, clip_step=config.latent.clip_step,
                     step_size_decay=config.latent.step_size_decay,
-                    unroll=config.train.unroll)
+                    unroll=config.train.unroll,
+                    init_candidates=config.latent.get('init_candidates', 1),
+                    latent_target=config.latent.get('target', 'next'),
+                    redraw_rho=config.latent.get('redraw_rho', 0.0),
+                    redraw_rounds=config.latent.get('redraw_rounds', 0))
     state = cgml.CGMLState.create(k_init, x0, encoder=enc, generator=gen, latent_net=lat,
                                   tx_hg=tx_hg, tx_latent=tx_lat, hp=hp,
                                   num_examples=len(data['x']))
