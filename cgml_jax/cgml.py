@@ -67,6 +67,7 @@ LossFn = Callable[[jax.Array, dict], jax.Array]
 _EPS = 1e-8
 GENERATOR_UPDATES = ('every', 'last')
 LATENT_INITS = ('random', 'persistent')
+LATENT_TARGETS = ('next', 'end')
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,6 +223,18 @@ class Hyper:
       XLA:CPU runs convolutions inside a `while` loop through a slow generic path) or as a
       rolled one (False: one copy of the body, so compile time does not grow with l; the
       right choice for MLPs). The two compute the same function.
+
+  Multimodality options, not in the paper; their defaults are the paper's method:
+    init_candidates: N; z_0 is the best of N uniform points on the sphere by E (1: one
+      random point). Random z_0 start in the basin of a wrong mode, and l steps of z
+      descent may not leave it, so G is trained towards a point between modes.
+    latent_target: 'next' fits Z to the next inner step z' (Algorithm 1); 'end' to where
+      the l z steps end, computed before the inner loop under the batch's initial H, G
+      (`descent_end`), with rho = alpha * ||z_end - z|| (Eq. 4 then jumps to the end).
+    redraw_rho: inference only (0: off). A sample whose rho_hat at its final z exceeds
+      this is redrawn from a new z_0, up to `redraw_rounds` times: Z is trained towards
+      rest (small rho) at the modes, so a large final rho_hat marks a phantom.
+    redraw_rounds: how many times `sample` redraws the high-rho_hat samples.
   """
   z_dim: int
   step_size: float = 1.0
@@ -233,6 +246,10 @@ class Hyper:
   clip_step: bool = False
   step_size_decay: float = 1.0
   unroll: bool = True
+  init_candidates: int = 1
+  latent_target: str = 'next'
+  redraw_rho: float = 0.0
+  redraw_rounds: int = 0
 
   def __post_init__(self):
     if self.z_dim < 1:
@@ -248,6 +265,14 @@ class Hyper:
                        f'got {self.generator_update!r}')
     if self.latent_init not in LATENT_INITS:
       raise ValueError(f'latent_init must be one of {LATENT_INITS}, got {self.latent_init!r}')
+    if self.init_candidates < 1:
+      raise ValueError(f'init_candidates must be >= 1, got {self.init_candidates}')
+    if self.latent_target not in LATENT_TARGETS:
+      raise ValueError(f'latent_target must be one of {LATENT_TARGETS}, '
+                       f'got {self.latent_target!r}')
+    if self.redraw_rho < 0 or self.redraw_rounds < 0:
+      raise ValueError(f'redraw_rho and redraw_rounds must be >= 0, got {self.redraw_rho}, '
+                       f'{self.redraw_rounds}')
 
 
 class CGMLState(struct.PyTreeNode):
@@ -371,12 +396,65 @@ def _check_batch(state: CGMLState, batch: dict) -> int:
 # Algorithm 1.
 
 
+def _frozen_error_fn(state: CGMLState, batch: dict) -> Callable[[jax.Array], jax.Array]:
+  """z (B, n) -> E (B,) of G(H(x), z) at the state's parameters, nothing updated."""
+  h = encode(state, batch['x'])
+  return lambda z: state.loss_fn(generate(state, h, z), batch)
+
+
+def best_of_candidates(error_fn: Callable[[jax.Array], jax.Array],
+                       candidates: jax.Array) -> jax.Array:
+  """Per example, the candidate latent with the lowest error.
+
+  Args:
+    error_fn: z (B, n) -> per-example errors (B,).
+    candidates: (N, B, n) latents.
+
+  Returns:
+    (B, n): row b is candidates[argmin_i error_fn(candidates[i])[b], b].
+  """
+  errors = jax.vmap(error_fn)(candidates)  # (N, B)
+  best = jnp.argmin(errors, axis=0)
+  return jnp.take_along_axis(candidates, best[None, :, None], axis=0)[0]
+
+
 def initial_latents(state: CGMLState, batch: dict, key: jax.Array) -> jax.Array:
-  """z_0 of Algorithm 1: fresh uniform samples, or rows of the persistent table."""
-  if state.hp.latent_init == 'persistent':
+  """z_0 of Algorithm 1: fresh uniform samples, or rows of the persistent table.
+
+  With `hp.init_candidates` = N > 1 (not in the paper), each random z_0 is the best of N
+  uniform points by E under the current H, G (one forward pass of G per candidate).
+  """
+  hp = state.hp
+  if hp.latent_init == 'persistent':
     return state.z_table[batch['index']]
   b = jax.tree.leaves(batch['x'])[0].shape[0]
-  return sample_sphere(key, (b, state.hp.z_dim))
+  if hp.init_candidates == 1:
+    return sample_sphere(key, (b, hp.z_dim))
+  candidates = sample_sphere(key, (hp.init_candidates, b, hp.z_dim))
+  return jax.lax.stop_gradient(
+      best_of_candidates(_frozen_error_fn(state, batch), candidates))
+
+
+def descent_end(state: CGMLState, batch: dict, z0: jax.Array) -> jax.Array:
+  """Where the l z steps of a batch end if H, G stay as they are (`latent_target='end'`).
+
+  The same steps as Algorithm 1's step 1, beta decay included, without the (H, G)
+  updates in between (with `generator_update='last'` it is exactly the inner loop's end).
+
+  Args:
+    state: `CGMLState` at the start of the batch.
+    batch: the batch.
+    z0: (B, n) initial latents.
+
+  Returns:
+    (B, n) latents after l projected gradient steps.
+  """
+  hp = state.hp
+  error_fn = _frozen_error_fn(state, batch)
+  z = z0
+  for t in range(hp.inner_steps):
+    z, _ = z_step(error_fn, z, hp.step_size * hp.step_size_decay ** t)
+  return jax.lax.stop_gradient(z)
 
 
 class _HGAt:
@@ -544,14 +622,16 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
     # Algorithm 1, step 1 (z step): H, G, Z frozen, jax.grad over z alone, then Pi.
     z_next, errors = z_step(hg.errors_at, z, _step_size(hp, t))
     z_next = jax.lax.stop_gradient(z_next)
-    # Algorithm 1, step 2 (momentum target): rho = alpha * ||z' - z||.
-    rho = rho_target(z, z_next, hp.alpha)
+    # Algorithm 1, step 2 (momentum target): rho = alpha * ||z' - z||. Z's target is z',
+    # or with the opt-in latent_target='end' where the inner descent ends.
+    z_target = z_next if z_end is None else z_end
+    rho = rho_target(z, z_target, hp.alpha)
 
     # Algorithm 1, step 3 (Z step): H, G, z frozen, L1 fit of Z(z, h) to (z', rho).
     def z_loss(params_lat):
       (r_hat, rho_hat), lat_stats = apply_module(state.latent_net, params_lat,
                                                  stats['latent'], z, hg.h, train=True)
-      return latent_loss(r_hat, rho_hat, z_next, rho, hp.use_momentum), (lat_stats, rho_hat)
+      return latent_loss(r_hat, rho_hat, z_target, rho, hp.use_momentum), (lat_stats, rho_hat)
 
     (loss_z, (lat_stats, rho_hat)), grads = jax.value_and_grad(z_loss, has_aux=True)(
         params['latent'])
@@ -575,6 +655,7 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
     return (params, stats, opt_state, z_next), metrics
 
   z0 = initial_latents(state, batch, key)
+  z_end = descent_end(state, batch, z0) if hp.latent_target == 'end' else None
   carry, m = _run_inner_steps(inner, (state.params, state.stats, state.opt_state, z0), hp)
   params, stats, opt_state, z_final = carry
   metrics = {'E': m['E'][-1], 'E_z0': m['E_z'][0], 'latent_loss': m['latent_loss'].mean(),
@@ -652,6 +733,37 @@ def traverse(state: CGMLState, x: jax.Array, z0: jax.Array, num_steps: int,
   return (y_hat, out[1]) if return_trajectory else y_hat
 
 
+def redraw_high_rho(state: CGMLState, h: PyTree, z: jax.Array, key: jax.Array,
+                    num_steps: int) -> jax.Array:
+  r"""Phantom filter (not in the paper, off unless `hp.redraw_rho` > 0): Z is fitted to
+  rho = alpha * ||z' - z||, which is small where z rests on a mode, so a final latent with
+  a large rho_hat has not come to rest. Such latents are redrawn from new random z_0 and
+  traversed again; the new one is kept if its rho_hat is lower. `hp.redraw_rounds` times.
+
+  Args:
+    state: `CGMLState`.
+    h: H(x), one row per latent.
+    z: (B, n) latents after the Eq. 4 traversal.
+    key: PRNG key; round r draws with fold_in(key, r + 1).
+    num_steps: T of each new traversal.
+
+  Returns:
+    (B, n) latents: z with its high-rho_hat rows replaced where a redraw did better.
+  """
+  hp = state.hp
+  if hp.redraw_rho <= 0 or hp.redraw_rounds == 0:
+    return z
+  rho_hat = latent_field(state, z, h)[1]
+  for r in range(hp.redraw_rounds):
+    z_new = traverse_latent(state, h, sample_sphere(jax.random.fold_in(key, r + 1), z.shape),
+                            num_steps)
+    rho_new = latent_field(state, z_new, h)[1]
+    swap = (rho_hat > hp.redraw_rho) & (rho_new < rho_hat)
+    z = jnp.where(swap[:, None], z_new, z)
+    rho_hat = jnp.where(swap, rho_new, rho_hat)
+  return z
+
+
 def repeat_batch(tree: PyTree, k: int) -> PyTree:
   """Each example of a batch pytree k times, rows grouped by example: (B, ...) -> (B k, ...).
 
@@ -690,6 +802,7 @@ def sample(state: CGMLState, x: jax.Array, key: jax.Array, num_samples: int,
   h_k = repeat_batch(h, num_samples)
   z0 = sample_sphere(key, (b * num_samples, state.hp.z_dim))
   z = traverse_latent(state, h_k, z0, num_steps)
+  z = redraw_high_rho(state, h_k, z, key, num_steps)
   if getattr(state.generator, 'accepts_sample_axis', False):
     y = generate(state, h, z.reshape(b, num_samples, -1))
   else:

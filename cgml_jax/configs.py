@@ -68,6 +68,11 @@ def base(task: str, methods: tuple[str, ...] = ('l1', 'cgml')) -> ml_collections
   c.latent.use_momentum = True  # False = the "w/o rho" ablation (also method cgml_no_rho)
   c.latent.traverse_steps = 20  # T of Eq. 4 at inference
   c.latent.clip_step = False   # not in the paper: Eq. 4 steps min(rho_hat, ||r_hat - z||)
+  # Multimodality options, not in the paper (cgml.Hyper); these defaults are the paper's.
+  c.latent.init_candidates = 1  # z_0 = best of N random sphere points by E (1 = random)
+  c.latent.target = 'next'     # Z fitted to the next z ('next') or the descent's 'end'
+  c.latent.redraw_rho = 0.0    # inference: redraw samples whose final rho_hat > this (0 off)
+  c.latent.redraw_rounds = 0   # ... this many times
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000         # batches per method
@@ -253,6 +258,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _bool(config, 'latent.use_momentum')
   _bool(config, 'latent.clip_step')
   _int(config, 'latent.traverse_steps', 0)
+  _int(config, 'latent.init_candidates', 1)
+  _choice(config, 'latent.target', cgml.LATENT_TARGETS)
+  _num(config, 'latent.redraw_rho', 0.0, lo_open=False)
+  _int(config, 'latent.redraw_rounds', 0)
 
   # Data. The global batch is split over every device of the data mesh.
   _int(config, 'data.batch_size', 1)

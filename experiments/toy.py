@@ -1,15 +1,16 @@
 """Toy of paper Sec. 4 / Fig. 3: y = s * (x, x^2, x^3), s from `data.modes`.
 
-  python -m experiments.run --config=experiments/toy.py --workdir=/tmp/toy
-  python -m experiments.run --config=experiments/toy.py:smoke --workdir=/tmp/toy_smoke
-  python -m experiments.run --config=experiments/toy.py --config.data.modes='(4.,-4.,2.)'
-  python -m experiments.run --config=experiments/toy.py:multimode --config.data.modes='(-4.,0.,4.)'
+  python -m experiments.run --config=experiments/toy.py --workdir=runs/toy
+  python -m experiments.run --config=experiments/toy.py:smoke --workdir=runs/toy_smoke
+  python -m experiments.run --config=experiments/toy.py:best --config.data.modes='(-4.,0.,4.)'
+  python -m experiments.seeds --config=experiments/toy.py:paper --seeds=0-4 \
+      --name=toy/paper_modes3 --config.data.modes='(-4.,0.,4.)'
 
-`multimode` is the setting that comes closest for 3 and 4 modes (see README, toy section:
-both reach the targets on some seeds only): l = 16 inner steps with beta decaying
-2 -> 0.07 across them, batch 128, a residual Z and the clipped Eq. 4 step over T = 100
-(none of these in the paper). With 2 modes it is worse than the default, hence a
-separate preset.
+Presets (docs/toy.md has their seed tables):
+  paper (= no argument): Algorithm 1 and Eq. 4 as written; constant beta, plain Z, plain
+    Eq. 4 step, random z_0.
+  best: paper + z_0 the best of 16 random points by E (`latent.init_candidates`).
+  smoke: a few seconds, for tests.
 """
 
 import ml_collections
@@ -18,7 +19,7 @@ from cgml_jax import configs
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = configs.parse_arg(arg, smoke=False, multimode=False)
+  a = configs.parse_arg(arg, paper=False, best=False, smoke=False)
   c = configs.base('toy', methods=('l1', 'cgml_no_rho', 'cgml'))
 
   c.data = ml_collections.ConfigDict()
@@ -69,17 +70,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.plots = False
     c.checkpoint.every = 10
     c.logging.images = False
-  if a.multimode:
-    # z must leave a wrong mode's region in the first inner steps and then stay put: long
-    # early steps, short late ones. Batch 128 keeps the cost of l = 16 near that of 256 x 8.
-    c.train.inner_steps = 16
-    c.data.batch_size = 128
-    c.latent.step_size = 2.0
-    c.latent.step_size_decay = 0.8   # beta_t = 2 * 0.8^t: 2.0 at t = 0, 0.07 at t = 15
-    c.train.unroll = False           # 16 unrolled iterations take ~40 s of CPU to compile
-    # Z predicts the displacement r_hat - z, and Eq. 4 steps at most ||r_hat - z|| over
-    # T = 100 steps: fewer phantoms than the plain Z and step (README, toy section).
-    c.model.latent_residual = True
-    c.latent.clip_step = True
-    c.latent.traverse_steps = 100
+  if a.best:
+    # Not in the paper: z_0 of each batch is the best of 16 random sphere points by E
+    # instead of one (cgml.initial_latents). A random z_0 often starts in the basin of a
+    # wrong mode that l = 8 z steps do not leave, and G is then trained towards a phantom
+    # between modes; everything else is the paper preset.
+    c.latent.init_candidates = 16
   return c

@@ -74,7 +74,7 @@ class MLPLatentNet(nn.Module):
   Attributes:
     residual: r_hat = z + MLP(z, h)[:n], i.e. Z predicts the displacement r_hat - z
       rather than r_hat itself, so "stay where you are" is the zero output and does not
-      have to be fitted through z's coordinates (the toy's `:multimode` preset uses it).
+      have to be fitted through z's coordinates (the toy's `model.latent_residual`).
   """
   width: int = 128
   depth: int = 3

@@ -91,7 +91,9 @@ def hyper(config: ml_collections.ConfigDict, method: str = 'cgml') -> cgml.Hyper
       inner_steps=t.inner_steps,
       use_momentum=lat.use_momentum and parse(method)[0] != 'cgml_no_rho',
       generator_update=t.generator_update, latent_init=lat.init, clip_step=lat.clip_step,
-      step_size_decay=lat.step_size_decay, unroll=resolve_unroll(t.unroll))
+      step_size_decay=lat.step_size_decay, unroll=resolve_unroll(t.unroll),
+      init_candidates=lat.init_candidates, latent_target=lat.target,
+      redraw_rho=lat.redraw_rho, redraw_rounds=lat.redraw_rounds)
 
 
 @dataclasses.dataclass

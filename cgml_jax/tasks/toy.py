@@ -97,7 +97,6 @@ def _models(config, z_dim: int):
   return enc, gen, lat
 
 
-
 def method_context(config, data: dict, workdir: str | None = None,
                    writer=None) -> methods_lib.Context:
   """The registry's view of the toy (`cgml_jax.tasks.methods.Context`)."""

@@ -1,0 +1,89 @@
+"""Seed sweep: one `train_and_evaluate` per seed, metrics.json kept in the repository.
+
+  python -m experiments.seeds --config=experiments/toy.py:paper --seeds=0-4 \
+      --name=toy/paper_modes3 --config.data.modes='(-4.,0.,4.)' --workroot=/tmp/seeds
+
+Seed k runs with config.seed = k in `<workroot>/<name>/seed<k>` (resumable: a seed whose
+metrics.json exists is not run again, an interrupted one resumes from its checkpoints) and
+its metrics.json (with provenance: commit, dirty flag and config) is copied to
+`results/<name>/seed<k>.json`. Runs from a tree with uncommitted changes are not copied
+(their commit would not name the code), unless --allow_dirty.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cgml_jax import loop, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config).',
+                                lock_config=True)
+flags.DEFINE_string('seeds', '0-4', 'Seeds: a range "0-4" and/or a list "0,2,5".')
+flags.DEFINE_string('name', None, 'Run name, e.g. toy/paper_modes3: the subdirectory of '
+                    'workroot and of results.')
+flags.DEFINE_string('workroot', '/tmp/cgml_seeds', 'Where the run directories go.')
+flags.DEFINE_string('results', None, 'Results directory (default: <repository>/results).')
+flags.DEFINE_bool('allow_dirty', False, 'Copy results of runs from a modified tree too.')
+flags.mark_flags_as_required(['config', 'name'])
+
+
+def parse_seeds(spec: str) -> list[int]:
+  """'0-4' -> [0, 1, 2, 3, 4]; '0,2,5' -> [0, 2, 5]; '0-2,7' -> [0, 1, 2, 7].
+
+  Args:
+    spec: comma-separated seeds or inclusive ranges a-b.
+
+  Returns:
+    The seeds in order, without repeats.
+  """
+  seeds = []
+  for part in spec.split(','):
+    part = part.strip()
+    if '-' in part:
+      a, b = (int(v) for v in part.split('-'))
+      if b < a:
+        raise ValueError(f'empty seed range {part!r}')
+      seeds.extend(range(a, b + 1))
+    elif part:
+      seeds.append(int(part))
+  if not seeds:
+    raise ValueError(f'no seeds in {spec!r}')
+  return list(dict.fromkeys(seeds))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  results = os.path.join(FLAGS.results or os.path.join(repo, 'results'), FLAGS.name)
+  config = FLAGS.config
+  for seed in parse_seeds(FLAGS.seeds):
+    workdir = os.path.join(FLAGS.workroot, FLAGS.name, f'seed{seed}')
+    path = os.path.join(workdir, 'metrics.json')
+    if os.path.exists(path):
+      print(f'[seeds] {FLAGS.name} seed {seed}: {path} exists, not run again', flush=True)
+    else:
+      config.seed = seed
+      try:
+        train.train_and_evaluate(config, workdir)
+      except loop.Preempted as e:
+        print(e, flush=True)
+        sys.exit(143)
+    with open(path) as f:
+      prov = json.load(f).get('provenance', {})
+    if prov.get('dirty', True) and not FLAGS.allow_dirty:
+      print(f'[seeds] seed {seed}: run from a modified tree (or without provenance); not '
+            'copied to results (--allow_dirty copies it)', flush=True)
+      continue
+    os.makedirs(results, exist_ok=True)
+    shutil.copyfile(path, os.path.join(results, f'seed{seed}.json'))
+    print(f'[seeds] seed {seed} -> {os.path.join(results, f"seed{seed}.json")}', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
