@@ -1,7 +1,7 @@
 """Seed sweep: one `train_and_evaluate` per seed, metrics.json kept in the repository.
 
   python -m experiments.seeds --config=experiments/toy.py:paper --seeds=0-4 \
-      --name=toy/paper_modes3 --config.data.modes='(-4.,0.,4.)' --workroot=/tmp/seeds
+      --name=toy/paper_modes3 --config.data.modes='(-4.,0.,4.)' --workroot=runs/seeds
 
 Seed k runs with config.seed = k in `<workroot>/<name>/seed<k>` (resumable: a seed whose
 metrics.json exists is not run again, an interrupted one resumes from its checkpoints) and
@@ -18,7 +18,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cgml_jax import loop, train
+from cgml_jax import train
+from cgml_jax.training import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config).',
@@ -26,7 +27,7 @@ config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_conf
 flags.DEFINE_string('seeds', '0-4', 'Seeds: a range "0-4" and/or a list "0,2,5".')
 flags.DEFINE_string('name', None, 'Run name, e.g. toy/paper_modes3: the subdirectory of '
                     'workroot and of results.')
-flags.DEFINE_string('workroot', '/tmp/cgml_seeds', 'Where the run directories go.')
+flags.DEFINE_string('workroot', 'runs/seeds', 'Where the run directories go.')
 flags.DEFINE_string('results', None, 'Results directory (default: <repository>/results).')
 flags.DEFINE_bool('allow_dirty', False, 'Copy results of runs from a modified tree too.')
 flags.mark_flags_as_required(['config', 'name'])
