@@ -29,3 +29,14 @@ def test_tables_from_hand_made_results():
   assert '| toy/a | 2 | 20 × 8, l = 2 | cpu x1 | 0.3 min | cGML coverage 0.950 ± 0.071' in out
   assert '*No result files match yet.*' in out   # a pattern with no run sets says so
   assert report.render(out, results, 'doc.md') == out   # regenerating changes nothing
+
+
+def test_seed_specs_of_the_sweep_command():
+  import pytest
+
+  from experiments import seeds
+  assert seeds.parse_seeds('0-4') == [0, 1, 2, 3, 4]
+  assert seeds.parse_seeds('0-2,7,1') == [0, 1, 2, 7]
+  for bad in ('', '3-1'):
+    with pytest.raises(ValueError):
+      seeds.parse_seeds(bad)
