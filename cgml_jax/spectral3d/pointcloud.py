@@ -17,22 +17,21 @@ from typing import Sequence
 
 import numpy as np
 
-DATA_ENV = 'CGML_DATA_DIR'
+from cgml_jax.data import sources
+
+DATA_ENV = sources.ENV_VAR
 SPLITS = ('train', 'test')
 
 
 def data_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
-  """The data root: `path`, else $CGML_DATA_DIR, else <repo>/../shared/data."""
-  if path is not None:
-    return pathlib.Path(path)
-  if os.environ.get(DATA_ENV):
-    return pathlib.Path(os.environ[DATA_ENV])
-  return pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
+  """The data root: `path`, else $CGML_DATA_DIR, else <repo>/../shared/data
+  (`cgml_jax.data.resolve_data_dir`)."""
+  return sources.resolve_data_dir(path, must_exist=False)
 
 
 def _require(path: pathlib.Path, what: str) -> pathlib.Path:
   if not path.exists():
-    raise FileNotFoundError(f'{what} not found: {path}')
+    raise sources.DataNotFoundError(f'{what} not found: {path}')
   return path
 
 
