@@ -89,6 +89,7 @@ def _budget(m: dict) -> str:
 # Tables.
 
 TOY_TARGET = (0.95, 0.05)  # coverage >= , phantom <=
+TOY_METHODS = {'l1': 'L1 regression', 'cgml_no_rho': 'cGML w/o ρ', 'cgml': 'cGML with ρ'}
 
 
 def toy_table(results: dict) -> str:
@@ -97,8 +98,10 @@ def toy_table(results: dict) -> str:
   lines = []
   for run_set, seeds in results.items():
     order = sorted(seeds)
-    methods = list(next(iter(seeds.values()))['methods'])
-    lines += [f'**{run_set}** (modes {next(iter(seeds.values()))["modes"]})', '',
+    present = set(next(iter(seeds.values()))['methods'])
+    methods = [m for m in TOY_METHODS if m in present] + sorted(present - set(TOY_METHODS))
+    modes = ', '.join(f'{s:g}' for s in next(iter(seeds.values()))['modes'])
+    lines += [f'**{run_set}** (s = {modes}; cells: coverage / phantom rate)', '',
               '| method | ' + ' | '.join(f'seed {s}' for s in order)
               + ' | coverage | phantom | seeds meeting target |',
               '|---|' + '---|' * (len(order) + 3)]
@@ -107,8 +110,8 @@ def toy_table(results: dict) -> str:
       ph = [seeds[s]['methods'][method]['phantom_rate'] for s in order]
       met = sum(c >= TOY_TARGET[0] and p <= TOY_TARGET[1] for c, p in zip(cov, ph))
       cells = ' | '.join(f'{c:.3f} / {p:.3f}' for c, p in zip(cov, ph))
-      lines.append(f'| {method} | {cells} | {mean_std(cov)} | {mean_std(ph)} | '
-                   f'{met} of {len(order)} |')
+      lines.append(f'| {TOY_METHODS.get(method, method)} | {cells} | {mean_std(cov)} | '
+                   f'{mean_std(ph)} | {met} of {len(order)} |')
     lines.append('')
   return '\n'.join(lines).rstrip('\n')
 

@@ -62,7 +62,7 @@ def test_bad_field_is_one_line_config_error(tmp_path, module, variant, field, va
 
 
 VARIANTS = {'colorize': (None, 'smoke'), 'complete': (None, 'cpu', 'smoke'),
-            'translate': (None, 'cpu', 'smoke'), 'toy': (None, 'smoke', 'multimode'),
+            'translate': (None, 'cpu', 'smoke'), 'toy': (None, 'smoke', 'paper', 'best'),
             'spectral3d': (None, 'smoke'), 'mnist_corrupted': (None, 'box', 'smoke'),
             'compare_mnist': (None, 'box', 'smoke'), 'compare_facades': (None, 'cpu', 'smoke')}
 
