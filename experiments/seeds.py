@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgml_jax import train
@@ -60,6 +60,8 @@ def parse_seeds(spec: str) -> list[int]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # as experiments/run.py: no Orbax INFO lines
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   results = os.path.join(FLAGS.results or os.path.join(repo, 'results'), FLAGS.name)
   config = FLAGS.config
