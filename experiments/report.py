@@ -139,12 +139,12 @@ def image_table(results: dict) -> str:
 
 def _headline(m_by_seed: dict[int, dict]) -> str:
   first = next(iter(m_by_seed.values()))
-  if 'modes' in first:  # the toy
-    cov = [m['methods']['cgml']['coverage'] for m in m_by_seed.values()
-           if 'cgml' in m['methods']]
-    ph = [m['methods']['cgml']['phantom_rate'] for m in m_by_seed.values()
-          if 'cgml' in m['methods']]
-    return f'cGML coverage {mean_std(cov)}, phantom {mean_std(ph)}'
+  if 'modes' in first:  # the toy: cGML with rho, else the first method the runs have
+    names = {'cgml': 'cGML', 'cgml_no_rho': 'cGML w/o ρ', 'l1': 'L1'}
+    method = next((m for m in names if m in first['methods']), next(iter(first['methods'])))
+    runs = [m['methods'][method] for m in m_by_seed.values() if method in m['methods']]
+    return (f"{names.get(method, method)} coverage {mean_std([r['coverage'] for r in runs])}, "
+            f"phantom {mean_std([r['phantom_rate'] for r in runs])}")
   if 'eval' in first:
     protocol = next(iter(first['eval']))
     parts = []

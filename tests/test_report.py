@@ -24,8 +24,8 @@ def test_tables_from_hand_made_results():
           '<!-- /report -->\n')
   out = report.render(text, results, 'doc.md')
   assert 'old' not in out and out.startswith('x\n') and '\ny\n' in out
-  assert '| cGML with ρ | 1.000 / 0.000 | 0.900 / 0.100 | 0.950 ± 0.071 | 0.050 ± 0.071 | 1 of 2 |' \
-      in out
+  assert ('| cGML with ρ | 1.000 / 0.000 | 0.900 / 0.100 | 0.950 ± 0.071 | 0.050 ± 0.071 '
+          '| 1 of 2 |') in out
   assert '| toy/a | 2 | 20 × 8, l = 2 | cpu x1 | 0.3 min | cGML coverage 0.950 ± 0.071' in out
   assert '*No result files match yet.*' in out   # a pattern with no run sets says so
   assert report.render(out, results, 'doc.md') == out   # regenerating changes nothing
