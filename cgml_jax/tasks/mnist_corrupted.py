@@ -48,7 +48,7 @@ import numpy as np
 from cgml_jax import losses
 from cgml_jax.data import load_source
 from cgml_jax.metrics import modes as modes_lib
-from cgml_jax.tasks import image
+from cgml_jax.tasks import complete, image
 
 CORRUPTIONS = ('overlap', 'box')
 HALF = 14  # rows of the top half of a 28 x 28 digit
@@ -209,22 +209,13 @@ def transform(config, protocol=None):
   return make_transform(config, protocol, others)
 
 
-def _to_image(x, y):
-  """The observed pixels of x with y in the hole (x's last channel is the mask), as for
-  completion: every task scores what the user would see."""
-  import jax.numpy as jnp
-  x, y = jnp.asarray(x), jnp.asarray(y)
-  m = x[..., -1:]
-  return x[..., :-1] * (1.0 - m) + y * m
-
-
 def _input_image(x):
   return x[..., :1]
 
 
 TASK = image.ImageTask(name='mnist_corrupted', in_channels=2, out_channels=1,
                        transform=transform, loss_fn=lambda config: losses.masked_l1,
-                       to_image=_to_image, input_image=_input_image, source=_source,
+                       to_image=complete.to_image, input_image=_input_image, source=_source,
                        extra_eval=extra_eval)
 
 
