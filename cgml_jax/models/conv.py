@@ -69,6 +69,34 @@ def channel_widths(num_blocks: int, base_channels: int, max_channels: int) -> li
   return [min(base_channels * 2 ** i, max_channels) for i in range(num_blocks)]
 
 
+def z_map_sizes(h: Sequence, num_maps: int) -> list[tuple[int, int]]:
+  """(H, W) of the `num_maps` coarsest decoder inputs of `ConvGenerator`, coarsest first.
+
+  The decoder's i-th transposed conv reads a map the size of h[-1 - i] (the bottleneck,
+  then each skip), so these are the maps where spatial noise goes (`z_maps`). Fewer than
+  `num_maps` when the decoder has fewer layers.
+
+  Args:
+    h: the encoder's tuple of feature maps (or their shapes), coarsest last.
+    num_maps: how many maps.
+  """
+  return [tuple(f.shape[1:3]) for f in list(h)[::-1][:num_maps]]
+
+
+def _spatial_z(z: jax.Array, sizes: Sequence[tuple[int, int]]) -> list[jax.Array]:
+  """z (B', n) cut into one (B', H_i, W_i, C) tensor per map, C = n / sum H_i W_i."""
+  area = sum(a * b for a, b in sizes)
+  if z.shape[-1] % area:
+    raise ValueError(f'spatial z of size {z.shape[-1]} does not split into maps {sizes} '
+                     f'(needs a multiple of {area})')
+  c = z.shape[-1] // area
+  cuts = [0]
+  for a, b in sizes:
+    cuts.append(cuts[-1] + a * b * c)
+  return [z[:, lo:hi].reshape(z.shape[0], a, b, c)
+          for (a, b), lo, hi in zip(sizes, cuts, cuts[1:])]
+
+
 def _broadcast_to_map(z: jax.Array, x: jax.Array) -> jax.Array:
   """z (B', n) tiled to x's spatial shape: (B', H, W, n)."""
   return jnp.broadcast_to(z[:, None, None, :], z.shape[:1] + x.shape[1:3] + z.shape[-1:])
@@ -133,6 +161,11 @@ class ConvGenerator(nn.Module):
     lipschitz: constant of the spectral norm.
     out_activation: 'tanh', 'sigmoid' or 'none'.
     impl: convolution form, see `layers.conv4x4_up`.
+    z_maps: 0 uses z as `z_injection` says. m > 0 instead reads z (B, n) as spatial noise
+      tensors, one at each of the m coarsest decoder inputs (`z_map_sizes`, bottleneck
+      first), each (B, H_i, W_i, n / sum_i H_i W_i) and concatenated like a skip; no map
+      gets z broadcast. MR-GAN's noise (Lee et al. 2019, App. B.2: H x W x 32 tensors at
+      the decoder's 1x1, 2x2 and 4x4 maps).
     shares_h_terms: let `cgml.train_step` compute the h-only terms once per inner step
       (`only_h_terms`) and pass them to the z step's and the (H, G) step's calls
       (`h_terms`); False recomputes them in each call (same function, e.g. to count the
@@ -147,6 +180,7 @@ class ConvGenerator(nn.Module):
   out_activation: str = 'tanh'
   impl: str = 'auto'
   shares_h_terms: bool = True
+  z_maps: int = 0
 
   # cgml.sample may pass z with a sample axis (B, K, n) and the un-repeated h (see
   # `__call__`); modules without this attribute get h repeated K times instead.
@@ -217,15 +251,21 @@ class ConvGenerator(nn.Module):
         terms = [h_terms[i] if o else None for o in h_only]
       return layer(parts, train=train, terms=terms)
 
+    if self.z_maps:
+      spatial = _spatial_z(z, z_map_sizes(h, self.z_maps))
     # Which parts depend on h alone: the bottleneck, then each skip.
-    parts, h_only = [h[-1], _broadcast_to_map(z, h[-1])], [True, False]
+    parts, h_only = [h[-1], spatial[0] if self.z_maps else _broadcast_to_map(z, h[-1])], [
+        True, False]
     for i, skip in enumerate(reversed(h[:-1])):
       x = nn.relu(up(i, skip.shape[-1], parts, h_only))
       if x.shape[1:] != skip.shape[1:]:
         raise ValueError(f'skip feature of shape {skip.shape} does not match decoder '
                          f'feature {x.shape}')
       parts, h_only = [x, skip], [False, True]
-      if self.z_injection == 'all':
+      if self.z_maps and i + 1 < len(spatial):
+        parts.append(spatial[i + 1])
+        h_only.append(False)
+      elif self.z_injection == 'all' and not self.z_maps:
         parts.append(_broadcast_to_map(z, x))
         h_only.append(False)
     y = up(num_layers - 1, self.out_channels, parts, h_only)
