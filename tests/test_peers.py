@@ -502,3 +502,154 @@ def test_mrgan_predictor_then_generator_steps():
   # The predictor is frozen: its variables are the ones it was trained to.
   jax.tree.map(np.testing.assert_array_equal, st.predictor_vars['params'], pst.params)
   assert _sample(methods.mrgan_sample, st, batch['x'], 5).shape == (4, 5, 8, 8, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# MR-GAN as its App. B.2 builds it: spatial noise, sub-batches, predictor selection,
+# input normalisation.
+
+
+def test_spatial_noise_maps_of_the_u_net_decoder():
+  from cgml_jax.models import conv
+  enc, gen, _ = conv.build_conv_models(16, 1, 1, 4, base_channels=4, max_channels=8,
+                                       latent_hidden=(4,))
+  gen = gen.clone(z_maps=3)
+  x = jnp.asarray(_rng(20).normal(size=(2, 16, 16, 1)), jnp.float32)
+  h = jax.eval_shape(lambda x: enc.init_with_output(_key(0), x)[0], x)
+  # Encoder maps 8, 4, 2: the decoder reads 2x2 (bottleneck), 4x4, 8x8, coarsest first.
+  assert conv.z_map_sizes(h, 3) == [(2, 2), (4, 4), (8, 8)]
+  assert conv.z_map_sizes(h, 5) == [(2, 2), (4, 4), (8, 8)]   # only three layers here
+  z_dim = 32 * (4 + 16 + 64)
+  cut = conv._spatial_z(jnp.arange(2 * z_dim, dtype=jnp.float32).reshape(2, z_dim),
+                        conv.z_map_sizes(h, 3))
+  assert [c.shape for c in cut] == [(2, 2, 2, 32), (2, 4, 4, 32), (2, 8, 8, 32)]
+  np.testing.assert_array_equal(cut[1][1].ravel(), np.arange(z_dim + 128, z_dim + 640))
+  hv = jax.jit(enc.init_with_output)(_key(0), x)[0]
+  v = jax.jit(gen.init)(_key(1), hv, jnp.zeros((2, z_dim)))
+  apply = jax.jit(lambda z: gen.apply(v, hv, z))
+  z = jnp.asarray(_rng(21).normal(size=(2, z_dim)), jnp.float32)
+  y = apply(z)
+  for lo, hi in ((0, 128), (128, 640), (640, z_dim)):     # every map reaches the output
+    assert float(jnp.abs(apply(z.at[:, lo:hi].set(0.0)) - y).max()) > 1e-6
+  with pytest.raises(ValueError, match='does not split into maps'):
+    gen.apply(v, hv, jnp.zeros((2, z_dim + 1)))
+
+
+class _NoiseEcho(nn.Module):
+  """G(h, z) = z as a (B, 1, 1, n) image plus a parameter: exposes the noise a sampler draws."""
+
+  @nn.compact
+  def __call__(self, h, z, *, train=False):
+    del h
+    return z[:, None, None, :] + self.param('b', nn.initializers.zeros, ())
+
+
+def test_mrgan_samples_draw_independent_standard_normal_noise():
+  batch = _batch()
+  st = methods.MRGANState.create(
+      _key(0), batch['x'], batch['y'], encoder=TinyEncoder(), generator=_NoiseEcho(),
+      disc=gan.PatchDiscriminator(features=2, norm='none'),
+      hp=methods.MRHyper(z_dim=2688, loss='mcmle1'))
+  z = np.asarray(_sample(methods.mrgan_sample, st, batch['x'], 5))[:, :, 0, 0]  # (4, 5, n)
+  assert z.shape == (4, 5, 2688)
+  flat = z.ravel()
+  # 53760 draws: mean within 5 sigma of 0, variance and kurtosis of N(0, 1).
+  assert abs(flat.mean()) < 5 / np.sqrt(flat.size)
+  assert abs(flat.var() - 1) < 0.03 and abs(np.mean(flat ** 4) - 3) < 0.15
+  # Samples of one input, and inputs, get different and uncorrelated noise.
+  assert abs(np.corrcoef(z[0, 0], z[0, 1])[0, 1]) < 0.1
+  assert abs(np.corrcoef(z[0, 0], z[1, 0])[0, 1]) < 0.1
+  assert np.all(np.abs(z[:, 0] - z[:, 1]).max(axis=-1) > 0)
+
+
+_CALLS = {'p': [], 'enc': [], 'disc': []}
+
+
+class _Recording(nn.Module):
+  """Wraps a module and records the batch size of every call in _CALLS[tag] (at trace)."""
+  inner: nn.Module
+  tag: str
+
+  @nn.compact
+  def __call__(self, *args, train=False):
+    _CALLS[self.tag].append(jax.tree.leaves(args)[0].shape[0])
+    return self.inner(*args, train=train)
+
+
+def test_mrgan_step_uses_the_papers_sub_batches():
+  r = _rng(22)
+  x = jnp.asarray(r.normal(size=(16, 8, 8, 1)), jnp.float32)
+  batch = {'x': x, 'y': jnp.tanh(2 * x)}
+  p_log, enc_log, disc_log = _CALLS['p'], _CALLS['enc'], _CALLS['disc']
+  pst = methods.PredictorState.create(
+      _key(0), x, predictor=_Recording(mrgan.Predictor(TinyEncoder(), TinyGenerator(out=2)),
+                                       'p'), tx=FAST, batch_size=12)
+  jax.jit(methods.predictor_step)(pst, batch, _key(1))
+  assert p_log[-1] == 12                                       # P: its own batch
+  hp = methods.MRHyper(z_dim=2, num_samples=5, disc_batch=10, gen_batch=4)
+  st = methods.MRGANState.create(
+      _key(1), x, batch['y'], encoder=_Recording(TinyEncoder(), 'enc'),
+      generator=TinyGenerator(),
+      disc=_Recording(gan.PatchDiscriminator(features=2, norm='none'), 'disc'),
+      hp=hp, predictor_state=pst, tx_g=FAST, tx_d=FAST)
+  p_log.clear(), enc_log.clear(), disc_log.clear()
+  jax.jit(methods.mrgan_step)(st, batch, _key(2))
+  assert sorted(enc_log) == [4, 10]                  # H for D's fakes, H for G's samples
+  assert sorted(disc_log) == [10, 10, 20]            # D: real, fake; G's loss: 4 x K
+  assert p_log == [4]                                # P's moments for G's inputs
+  with pytest.raises(ValueError, match='does not fit a batch of 8'):
+    jax.jit(methods.mrgan_step)(st, jax.tree.map(lambda a: a[:8], batch), _key(2))
+
+
+def test_predictor_kept_at_its_lowest_validation_nll():
+  # Training targets 1, held-out targets 0.3: the predicted mean passes 0.3 on its way to
+  # 1 while the predicted variance shrinks, so the validation NLL falls, then rises.
+  r = _rng(23)
+  x = jnp.asarray(r.normal(size=(8, 8, 8, 1)), jnp.float32)
+  train = {'x': x, 'y': jnp.ones_like(x)}
+  val = {'x': x, 'y': jnp.full_like(x, 0.3)}
+  pst = methods.PredictorState.create(
+      _key(0), x, predictor=mrgan.Predictor(TinyEncoder(), TinyGenerator(out=2)), tx=FAST)
+
+  def batches():
+    while True:
+      yield train
+
+  best, info = methods.train_predictor(pst, batches(), val, max_steps=400, eval_every=5,
+                                       patience=3)
+  curve = np.asarray(info['predictor_val_curve'])
+  steps, nll = curve[:, 0], curve[:, 1]
+  assert info['predictor_steps'] < 400 and info['predictor_steps'] == steps[-1]  # stopped
+  assert 5 <= info['predictor_best_step'] < info['predictor_steps']
+  assert nll[-1] > info['predictor_val_nll'] == nll.min()
+  assert int(best.step) == info['predictor_best_step']
+  np.testing.assert_allclose(float(methods.predictor_nll(best, val)),
+                             info['predictor_val_nll'], rtol=1e-5)
+
+
+def test_input_statistics_and_normalisation():
+  r = _rng(24)
+  xs = [np.stack([r.normal(1.0, 3.0, (5, 4, 4)), r.normal(-2.0, 0.5, (5, 4, 4)),
+                  np.full((5, 4, 4), 0.7)], -1) for _ in range(3)]
+  stats = mrgan.channel_stats(iter(xs))
+  allx = np.concatenate(xs).reshape(-1, 3)
+  np.testing.assert_allclose(stats['mean'], allx.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(stats['std'][:2], allx.std(0)[:2], rtol=1e-5)
+  assert float(stats['std'][2]) == pytest.approx(1e-6)     # constant channel: the floor
+  z = np.asarray(mrgan.normalize_inputs(jnp.asarray(np.concatenate(xs), jnp.float32), stats))
+  np.testing.assert_allclose(z.reshape(-1, 3).mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(z.reshape(-1, 3).std(0)[:2], 1.0, rtol=1e-4)
+  np.testing.assert_allclose(z[..., 2], 0.0, atol=1e-5)
+  # The state normalises raw inputs before H: raw x with statistics = normalised x without.
+  batch = _batch()
+  s1 = {'mean': jnp.asarray([0.5]), 'std': jnp.asarray([2.0])}
+  st = methods.MRGANState.create(
+      _key(0), batch['x'], batch['y'], encoder=TinyEncoder(), generator=TinyGenerator(),
+      disc=gan.PatchDiscriminator(features=2, norm='none'),
+      hp=methods.MRHyper(z_dim=2, loss='mcmle1'), input_norm=s1)
+  y_raw = _sample(methods.mrgan_sample, st, batch['x'], 2)
+  y_pre = _sample(methods.mrgan_sample, st.replace(input_norm=None),
+                  (batch['x'] - 0.5) / 2.0, 2)
+  np.testing.assert_allclose(y_raw, y_pre, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(y_raw - _sample(methods.mrgan_sample, st.replace(input_norm=None),
+                                       batch['x'], 2)).max()) > 1e-4

@@ -358,42 +358,65 @@ def gan_sample(state: GANState, x: jax.Array, key: jax.Array, num_samples: int) 
 # (5) MR-GAN: predictor, then the generator with the frozen predictor.
 
 
+def _take(batch: dict, n: int | None) -> dict:
+  """The first n examples of every array of a batch (all of them for n None)."""
+  b = _check_batch(batch)
+  if n is None:
+    return batch
+  if n > b:
+    raise ValueError(f'a sub-batch of {n} examples does not fit a batch of {b}')
+  return jax.tree.map(lambda a: a[:n], batch)
+
+
 class PredictorState(struct.PyTreeNode):
   """The MR-GAN predictor P(x) -> (centre, log-dispersion), trained by maximum likelihood.
 
-  Static fields: predictor (module, e.g. `mrgan.Predictor(encoder, generator)`), tx and
-  dist ('gaussian': mean and log-variance; 'laplace': median and log-MAD).
+  Array fields: step, params, stats, opt_state, input_norm (the per-channel statistics of
+  `mrgan.normalize_inputs`, or None: P reads normalised inputs).
+  Static fields: predictor (module, e.g. `mrgan.Predictor(encoder, generator)`), tx, dist
+  ('gaussian': mean and log-variance; 'laplace': median and log-MAD) and batch_size (P
+  trains on the first batch_size examples of each batch; None: all; the paper's 16).
   """
   step: jax.Array
   params: PyTree
   stats: PyTree
   opt_state: PyTree
+  input_norm: PyTree | None
   predictor: nn.Module = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
   dist: str = struct.field(pytree_node=False, default='gaussian')
+  batch_size: int | None = struct.field(pytree_node=False, default=None)
 
   @classmethod
   def create(cls, key, x, *, predictor: nn.Module, dist: str = 'gaussian',
-             tx: optax.GradientTransformation | None = None) -> 'PredictorState':
+             tx: optax.GradientTransformation | None = None, input_norm: dict | None = None,
+             batch_size: int | None = None) -> 'PredictorState':
     """Initialises P on an example input; default optimiser `mrgan.optimizer()`."""
     if dist not in mr_lib.DISTRIBUTIONS:
       raise ValueError(f'dist must be one of {mr_lib.DISTRIBUTIONS}, got {dist!r}')
+    if batch_size is not None and batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1 or None, got {batch_size}')
     variables = jax.jit(lambda k, x: predictor.init(k, x, train=False))(key, x)
     params = variables['params']
     stats = {c: s for c, s in variables.items() if c != 'params'}
     tx = tx or mr_lib.optimizer()
     return cls(step=jnp.zeros((), jnp.int32), params=params, stats=stats,
-               opt_state=jax.jit(tx.init)(params), predictor=predictor, tx=tx, dist=dist)
+               opt_state=jax.jit(tx.init)(params), input_norm=input_norm,
+               predictor=predictor, tx=tx, dist=dist, batch_size=batch_size)
 
 
 def predictor_step(state: PredictorState, batch: dict,
                    key: jax.Array) -> tuple[PredictorState, dict]:
-  """One step on the predictor's NLL (`mrgan.gaussian_nll` / `laplace_nll`). `key` unused."""
+  """One step on the predictor's NLL (`mrgan.gaussian_nll` / `laplace_nll`). `key` unused.
+
+  Reads the first `state.batch_size` examples of the batch, inputs normalised.
+  """
   del key
-  _check_batch(batch)
+  batch = _take(batch, state.batch_size)
+  x = mr_lib.normalize_inputs(batch['x'], state.input_norm)
 
   def loss(params):
-    (centre, log_disp), stats = apply_module(state.predictor, params, state.stats, batch['x'],
+    (centre, log_disp), stats = apply_module(state.predictor, params, state.stats, x,
                                              train=True)
     return jnp.mean(mr_lib.predictor_nll(state.dist, centre, log_disp, batch['y'])), stats
 
@@ -406,8 +429,63 @@ def predictor_step(state: PredictorState, batch: dict,
 
 
 def predict_moments(state: PredictorState, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(centre, log-dispersion) = P(x), without statistics updates."""
+  """(centre, log-dispersion) = P(x) for raw inputs x, without statistics updates."""
+  x = mr_lib.normalize_inputs(x, state.input_norm)
   return apply_module(state.predictor, state.params, state.stats, x, train=False)[0]
+
+
+def predictor_nll(state: PredictorState, batch: dict) -> jax.Array:
+  """Mean NLL of P on a batch (no statistics updates): the validation loss."""
+  centre, log_disp = predict_moments(state, batch['x'])
+  return jnp.mean(mr_lib.predictor_nll(state.dist, centre, log_disp, batch['y']))
+
+
+def train_predictor(state: PredictorState, batches, val_batch: dict, *, max_steps: int,
+                    eval_every: int, patience: int, key: jax.Array | None = None,
+                    step_fn=predictor_step) -> tuple[PredictorState, dict]:
+  """Trains P and keeps the parameters of lowest validation NLL (MR-GAN, App. B.2).
+
+  "In case of MLMM, we train the predictor until it is overfitted, and use the checkpoint
+  with the lowest validation loss." The validation NLL is measured every `eval_every`
+  steps and after the last one; training stops after `max_steps` steps or once `patience`
+  measurements in a row have not improved on the best.
+
+  Args:
+    state: initial `PredictorState`.
+    batches: iterator of training batches {'x', 'y'}.
+    val_batch: held-out examples {'x', 'y'}, scored in one call.
+    max_steps: step budget.
+    eval_every: steps between validation measurements.
+    patience: measurements without improvement before stopping.
+    key: PRNG key handed to `step_fn` (unused by `predictor_step`).
+    step_fn: the step (a wrapper of `predictor_step`, e.g. with a corruption).
+
+  Returns:
+    (the state at the best measurement, info): info has predictor_steps (steps run),
+    predictor_best_step, predictor_val_nll (its validation NLL) and predictor_val_curve
+    ([step, NLL] per measurement).
+  """
+  if min(max_steps, eval_every, patience) < 1:
+    raise ValueError(f'max_steps, eval_every and patience must be >= 1, got {max_steps}, '
+                     f'{eval_every}, {patience}')
+  key = jax.random.key(0) if key is None else key
+  step = jax.jit(step_fn)
+  score = jax.jit(predictor_nll)
+  best, best_nll, best_step, since, curve = state, float('inf'), 0, 0, []
+  for i in range(1, max_steps + 1):
+    state, _ = step(state, next(batches), jax.random.fold_in(key, i))
+    if i % eval_every and i != max_steps:
+      continue
+    nll = float(score(state, val_batch))
+    curve.append([i, nll])
+    if nll < best_nll:
+      best, best_nll, best_step, since = state, nll, i, 0
+    else:
+      since += 1
+      if since >= patience:
+        break
+  return best, {'predictor_steps': i, 'predictor_best_step': best_step,
+                'predictor_val_nll': best_nll, 'predictor_val_curve': curve}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,7 +493,7 @@ class MRHyper:
   """Static hyper-parameters of `mrgan_step`; defaults of the released MR-GAN configs.
 
   Attributes:
-    z_dim: noise size of G.
+    z_dim: noise size of G (for a spatial-noise G, the total size of its noise tensors).
     loss: 'mlmm1', 'mlmm12' (need a predictor), 'mcmle1' or 'mcmle12'.
     dist: 'gaussian' or 'laplace'.
     num_samples: K samples per input for the moments.
@@ -424,6 +502,9 @@ class MRHyper:
     gan_loss: 'ns' or 'lsgan'.
     diversity, diversity_weight, diversity_tau: optional DSGAN / MSGAN term on the first
       two of the K samples.
+    disc_batch, gen_batch: D's step reads the first disc_batch examples of a batch, G's
+      step the first gen_batch (K samples each); None = the whole batch. The paper's 16
+      and 8 (App. B.2; the released code's `batch_size` and `num_mm`, G on x[:num_mm]).
   """
   z_dim: int = 8
   loss: str = 'mlmm12'
@@ -435,6 +516,8 @@ class MRHyper:
   diversity: str | None = None
   diversity_weight: float | None = None
   diversity_tau: float | None = None
+  disc_batch: int | None = None
+  gen_batch: int | None = None
 
   def __post_init__(self):
     if self.loss not in mr_lib.LOSSES or self.dist not in mr_lib.DISTRIBUTIONS:
@@ -450,6 +533,10 @@ class MRHyper:
                        f'{mr_lib.MIN_SAMPLES_MCMLE12}, got {self.num_samples}')
     if self.z_dim < 1:
       raise ValueError(f'MR-GAN needs noise: z_dim must be >= 1, got {self.z_dim}')
+    for name in ('disc_batch', 'gen_batch'):
+      v = getattr(self, name)
+      if v is not None and v < 1:
+        raise ValueError(f'{name} must be >= 1 or None, got {v}')
     gan_lib.gan_losses(self.gan_loss)
     if self.diversity is not None and self.diversity not in div_lib.KINDS:
       raise ValueError(f'diversity must be None or one of {div_lib.KINDS}, '
@@ -460,7 +547,9 @@ class MRGANState(struct.PyTreeNode):
   """H, G, D of MR-GAN plus the frozen predictor's variables.
 
   Array fields: step; params, stats {'encoder', 'generator', 'disc'}; opt_state {'g', 'd'};
-  predictor_vars: {'params', ...} of P, never updated here (None for MCMLE losses).
+  predictor_vars: {'params', ...} of P, never updated here (None for MCMLE losses);
+  input_norm: per-channel input statistics (`mrgan.normalize_inputs`) or None. H, D and P
+  read normalised inputs; the sampler normalises too, so callers pass raw x.
   Static fields: modules, predictor (or None), tx_g, tx_d, hp (`MRHyper`).
   """
   step: jax.Array
@@ -468,6 +557,7 @@ class MRGANState(struct.PyTreeNode):
   stats: PyTree
   opt_state: PyTree
   predictor_vars: PyTree | None
+  input_norm: PyTree | None
   encoder: nn.Module = struct.field(pytree_node=False)
   generator: nn.Module = struct.field(pytree_node=False)
   disc: nn.Module = struct.field(pytree_node=False)
@@ -481,17 +571,21 @@ class MRGANState(struct.PyTreeNode):
              generator: nn.Module, disc: nn.Module | None = None, hp: MRHyper = MRHyper(),
              predictor_state: PredictorState | None = None,
              tx_g: optax.GradientTransformation | None = None,
-             tx_d: optax.GradientTransformation | None = None) -> 'MRGANState':
+             tx_d: optax.GradientTransformation | None = None,
+             input_norm: dict | None = None) -> 'MRGANState':
     """Initialises H, G, D; takes P (trained with `predictor_step`) from `predictor_state`.
 
     Defaults: conditional PatchGAN D, `mrgan.optimizer()` (AMSGrad 1e-4, beta1 0.5,
-    weight decay 1e-4, clip 0.5) for G and D.
+    weight decay 1e-4, clip 0.5) for G and D; `input_norm` the predictor's if not given
+    (P must read inputs normalised as it was trained).
     """
     if hp.loss in mr_lib.PREDICTOR_LOSSES and predictor_state is None:
       raise ValueError(f'MR loss {hp.loss!r} matches predicted moments; pass predictor_state')
     if predictor_state is not None and predictor_state.dist != hp.dist:
       raise ValueError(f'predictor was trained for {predictor_state.dist!r} but hp.dist is '
                        f'{hp.dist!r}')
+    if predictor_state is not None and input_norm is None:
+      input_norm = predictor_state.input_norm
     disc = disc or gan_lib.PatchDiscriminator()
     params, stats = _init_variables(key, x, y, hp.z_dim, encoder, generator, disc)
     tx_g = tx_g or mr_lib.optimizer()
@@ -502,57 +596,65 @@ class MRGANState(struct.PyTreeNode):
       pred = predictor_state.predictor
     return cls(step=jnp.zeros((), jnp.int32), params=params, stats=stats,
                opt_state=_init_optimizers(tx_g, tx_d, params),
-               predictor_vars=pred_vars, encoder=encoder, generator=generator, disc=disc,
-               predictor=pred, tx_g=tx_g, tx_d=tx_d, hp=hp)
+               predictor_vars=pred_vars, input_norm=input_norm, encoder=encoder,
+               generator=generator, disc=disc, predictor=pred, tx_g=tx_g, tx_d=tx_d, hp=hp)
 
 
 def mrgan_step(state: MRGANState, batch: dict, key: jax.Array) -> tuple[MRGANState, dict]:
   r"""One D step and one (H, G) step of MR-GAN with the predictor frozen.
 
-  G draws K samples per input. D: min d_loss(D(x, y), D(x, sg(y~_1))) on the first sample
-  (the released code uses one fresh sample per input). G:
-    min adv_weight * g_loss(D'(x, y~_{1..K})) + mr_weight * mean_b MR(y~_{b,1..K}, y_b, P(x_b))
-        + diversity term on (y~_1, y~_2).
+  Inputs are normalised per channel (`state.input_norm`). D reads the first
+  `hp.disc_batch` examples, G the first `hp.gen_batch` (the paper's 16 and 8; the
+  released code also takes G's from the front of D's batch):
+    D: min d_loss(D(x, y), D(x, sg(G(H(x), z)))), one fresh sample per input, as in the
+       released code;
+    G: min adv_weight * g_loss(D'(x, y~_{1..K})) + mr_weight * mean_b MR(y~_{b,1..K}, y_b,
+       P(x_b)) + diversity term on (y~_1, y~_2), D' the updated D; K samples per input
+       (8 x 10 = 80 in the paper).
 
   Args:
     state: `MRGANState`.
-    batch: {'x': (B, ...), 'y': (B, ...)}.
+    batch: {'x': (B, ...), 'y': (B, ...)}, B >= both sub-batches.
     key: PRNG key for the noise.
 
   Returns:
     (new_state, metrics): d_loss, d_real, d_fake, g_adv, mr, diversity, g_loss,
-    sample_std (mean per-pixel std over the K samples, a collapse monitor).
+    sample_std (mean per-pixel std over the K samples, a collapse monitor), update norms.
   """
-  b = _check_batch(batch)
   hp = state.hp
   k = hp.num_samples
   d_loss_fn, g_loss_fn = gan_lib.gan_losses(hp.gan_loss)
-  x, y = batch['x'], batch['y']
-  z = _noise(key, b * k, hp.z_dim)
-  stats = state.stats
+  norm = {'x': mr_lib.normalize_inputs(batch['x'], state.input_norm), 'y': batch['y']}
+  d_batch, g_batch = _take(norm, hp.disc_batch), _take(norm, hp.gen_batch)
+  b = _leading(g_batch['x'])
+  key_d, key_g = jax.random.split(key)
+  z = _noise(key_g, b * k, hp.z_dim)
   prediction = None
   if state.predictor is not None:
-    prediction = stop(state.predictor.apply(state.predictor_vars, x, train=False))
+    prediction = stop(state.predictor.apply(state.predictor_vars, g_batch['x'], train=False))
 
-  def generate(params_hg):
+  def generate(params_hg, stats, x, z, reps):
     h, enc_stats = apply_module(state.encoder, params_hg['encoder'], stats['encoder'], x,
                                 train=True)
     y_hat, gen_stats = apply_module(state.generator, params_hg['generator'], stats['generator'],
-                                    repeat_batch(h, k), z, train=True)
-    return y_hat, {'encoder': enc_stats, 'generator': gen_stats}
+                                    repeat_batch(h, reps), z, train=True)
+    return y_hat, {**stats, 'encoder': enc_stats, 'generator': gen_stats}
 
-  fake, gen_vjp, hg_stats = jax.vjp(generate, hg_params(state.params), has_aux=True)
-  samples_shape = (b, k) + fake.shape[1:]
-
+  # D's fakes: one fresh sample per input of D's batch (detached in `_d_step`).
+  fake_d, stats = generate(hg_params(state.params), state.stats, d_batch['x'],
+                           _noise(key_d, _leading(d_batch['x']), hp.z_dim), 1)
   params_d, stats_d, opt_d, d_metrics = _d_step(
       state.disc, state.tx_d, d_loss_fn, state.params['disc'], stats['disc'],
-      state.opt_state['d'], x, y, x, fake.reshape(samples_shape)[:, 0], state.step)
+      state.opt_state['d'], d_batch['x'], d_batch['y'], d_batch['x'], fake_d, state.step)
 
-  def g_objective(fake):
-    logits, s = apply_module(state.disc, params_d, stats_d, repeat_batch(x, k), fake, train=True)
+  x_k = repeat_batch(g_batch['x'], k)
+
+  def g_objective(params_hg):
+    fake, new_stats = generate(params_hg, stats, g_batch['x'], z, k)
+    logits, s = apply_module(state.disc, params_d, stats_d, x_k, fake, train=True)
     adv = g_loss_fn(logits)
-    samples = fake.reshape(samples_shape)
-    mr = jnp.mean(mr_lib.mr_loss(hp.loss, hp.dist, samples, y, prediction))
+    samples = fake.reshape((b, k) + fake.shape[1:])
+    mr = jnp.mean(mr_lib.mr_loss(hp.loss, hp.dist, samples, g_batch['y'], prediction))
     if hp.diversity:
       zs = z.reshape(b, k, hp.z_dim)
       div = div_lib.diversity_loss(hp.diversity, samples[:, 0], samples[:, 1], zs[:, 0],
@@ -560,11 +662,10 @@ def mrgan_step(state: MRGANState, batch: dict, key: jax.Array) -> tuple[MRGANSta
     else:
       div = jnp.zeros((), fake.dtype)
     total = hp.adv_weight * adv + hp.mr_weight * mr + div
-    return total, (s, adv, mr, div)
+    return total, (new_stats, s, adv, mr, div, jnp.mean(jnp.std(samples, axis=1)))
 
-  (g_total, (stats_d, adv, mr, div)), d_fake = jax.value_and_grad(
-      g_objective, has_aux=True)(fake)
-  (grads_hg,) = gen_vjp(d_fake)
+  (g_total, (hg_stats, stats_d, adv, mr, div, sample_std)), grads_hg = jax.value_and_grad(
+      g_objective, has_aux=True)(hg_params(state.params))
   updates, opt_g = state.tx_g.update(grads_hg, state.opt_state['g'], hg_params(state.params),
                                      batch_step=state.step)
   d_metrics['update_norm_g'] = optax.global_norm(updates)
@@ -573,12 +674,16 @@ def mrgan_step(state: MRGANState, batch: dict, key: jax.Array) -> tuple[MRGANSta
                             stats={**hg_stats, 'disc': stats_d},
                             opt_state={'g': opt_g, 'd': opt_d})
   metrics = {**d_metrics, 'g_adv': adv, 'mr': mr, 'diversity': div, 'g_loss': g_total,
-             'sample_std': jnp.mean(jnp.std(fake.reshape(samples_shape), axis=1))}
+             'sample_std': sample_std}
   return new_state, metrics
 
 
 def mrgan_sample(state: MRGANState, x: jax.Array, key: jax.Array,
                  num_samples: int) -> jax.Array:
-  """K outputs per input, G(H(x), z_k) with z_k ~ N(0, I): (B, K, ...)."""
+  """K outputs per raw input, G(H(x~), z_k), x~ normalised, z_k ~ N(0, I): (B, K, ...).
+
+  Each output gets its own noise (for a spatial-noise G, its own tensors at every map).
+  """
+  x = mr_lib.normalize_inputs(x, state.input_norm)
   return _generate_k(state.encoder, state.generator, state.params, state.stats, x, key,
                      num_samples, state.hp.z_dim)

@@ -70,6 +70,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cgml_jax.training import optim
@@ -379,3 +380,45 @@ def optimizer(lr: float = 1e-4, b1: float = 0.5, b2: float = 0.999,
   """
   return optim.make_optimizer(lr, b1=b1, b2=b2, weight_decay=weight_decay, amsgrad=True,
                               clip_value=clip_value)
+
+
+# ---------------------------------------------------------------------------------------
+# Input normalisation.
+
+
+def channel_stats(xs, min_std: float = 1e-6) -> dict:
+  """Per-channel mean and standard deviation of inputs, over examples and pixels.
+
+  MR-GAN (Lee et al. 2019, App. B.2): "We normalize the inputs so that each channel has a
+  zero-mean and a unit variance"; the released configs store such statistics per dataset.
+
+  Args:
+    xs: an iterable of (B, ..., C) input batches (e.g. a fixed sample of the training set).
+    min_std: floor on the std, so a constant channel maps to 0 instead of dividing by 0.
+
+  Returns:
+    {'mean': (C,), 'std': (C,)} float32 arrays, the statistics `normalize_inputs` reads.
+  """
+  count, total, total_sq = 0, 0.0, 0.0
+  for x in xs:
+    x = np.asarray(x, np.float64)
+    flat = x.reshape(-1, x.shape[-1])
+    count += flat.shape[0]
+    total = total + flat.sum(axis=0)
+    total_sq = total_sq + np.square(flat).sum(axis=0)
+  if not count:
+    raise ValueError('channel_stats needs at least one non-empty batch')
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+  return {'mean': jnp.asarray(mean, jnp.float32),
+          'std': jnp.asarray(np.maximum(std, min_std), jnp.float32)}
+
+
+def normalize_inputs(x: jax.Array, stats: dict | None) -> jax.Array:
+  """(x - mean) / std per channel (last axis); x unchanged for stats None."""
+  if stats is None:
+    return x
+  if stats['mean'].shape != x.shape[-1:]:
+    raise ValueError(f'normalisation statistics of {stats["mean"].shape[0]} channels for '
+                     f'inputs of shape {x.shape}')
+  return (x - stats['mean']) / stats['std']
