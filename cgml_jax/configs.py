@@ -121,13 +121,27 @@ def add_peer_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.basisgan.num_bases = 5
   c.basisgan.basis_every = 2   # every n-th decoder conv is a BasisConv
 
+  # MR-GAN (Lee et al. 2019; its App. B.2 is the Pix2Pix setting followed here).
   c.mrgan = ml_collections.ConfigDict()
   c.mrgan.loss = 'mlmm12'      # 'mlmm1', 'mlmm12' (predictor), 'mcmle1', 'mcmle12'
   c.mrgan.dist = 'gaussian'    # or 'laplace'
   c.mrgan.num_samples = 10     # K samples per input in the MR loss
   c.mrgan.mr_weight = 10.0
   c.mrgan.lr = 1e-4            # AMSGrad (released configs) for P, G, D
-  c.mrgan.predictor_steps = 500  # extra steps of P before G (MLMM losses only)
+  c.mrgan.noise = 'spatial'    # 'spatial': N(0, 1) tensors H x W x noise_channels at the
+                               # noise_maps coarsest decoder maps (the paper's); 'vector':
+                               # model.z_dim broadcast as for pix2pix (model.z_injection)
+  c.mrgan.noise_channels = 32  # channels of each spatial noise tensor (paper: 32)
+  c.mrgan.noise_maps = 3       # how many of the coarsest decoder maps get one (paper: 3)
+  c.mrgan.disc_batch_size = 16  # D's examples per step (paper: 16); <= data.batch_size
+  c.mrgan.gen_batch_size = 8   # G's inputs per step, K samples each (paper: 8 x 10 = 80)
+  c.mrgan.predictor_batch_size = 16  # P's examples per step (paper: 16)
+  c.mrgan.predictor_steps = 500  # P's step budget before G (MLMM losses only)
+  c.mrgan.predictor_eval_every = 50  # steps between P's validation NLL measurements
+  c.mrgan.predictor_patience = 4  # stop after this many measurements without a new best
+  c.mrgan.predictor_val_size = 64  # last N training examples held out to select P
+  c.mrgan.normalize_inputs = True  # x per channel to zero mean, unit variance (paper)
+  c.mrgan.norm_batches = 16    # first N training batches give the statistics
 
   # BicycleGAN (Zhu et al. 2017, Eq. 6 and Sec. 4; cgml_jax.peers.bicyclegan).
   c.bicyclegan = ml_collections.ConfigDict()
@@ -313,6 +327,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(config, 'mrgan.loss', mrgan.LOSSES)
     _choice(config, 'mrgan.dist', mrgan.DISTRIBUTIONS)
   _int(config, 'mrgan.num_samples', 2)
+  _choice(config, 'mrgan.noise', ('spatial', 'vector'))
+  for f in ('noise_channels', 'noise_maps', 'disc_batch_size', 'gen_batch_size',
+            'predictor_batch_size', 'predictor_steps', 'predictor_eval_every',
+            'predictor_patience', 'predictor_val_size', 'norm_batches'):
+    _int(config, f'mrgan.{f}', 1)
+  _bool(config, 'mrgan.normalize_inputs')
+  trains_mrgan = methods is not _MISSING and any(
+      methods_lib.parse(m)[0] == 'mrgan' for m in methods)
+  for f in ('disc_batch_size', 'gen_batch_size', 'predictor_batch_size'):
+    v = _get(config, f'mrgan.{f}')
+    if trains_mrgan and isinstance(v, int) and isinstance(batch, int) and v > batch:
+      _fail(f'mrgan.{f}', v, f'at most data.batch_size = {batch} (a slice of each batch)')
   return config
 
 

@@ -23,6 +23,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                'pix2pix+msgan')
   c.gan.disc_features = c.model.base_channels  # D as wide as H's first block
   c.mrgan.loss = 'mcmle1'      # MR_1 (no predictor); 'mlmm12' = pMR_2 (+ predictor steps)
+  # translate's CPU batch is 8, not the paper's 16: D and P read all of it, G half of it
+  # (the paper's 16 / 8 ratio), K = 10 samples each.
+  c.mrgan.disc_batch_size = c.mrgan.predictor_batch_size = c.data.batch_size
+  c.mrgan.gen_batch_size = c.data.batch_size // 2
   c.compare.target_error = 0.5  # L1 in [-1, 1] units, best of curve_samples
   c.compare.curve_every = 50
   c.probe.datasets = ('cifar10',)

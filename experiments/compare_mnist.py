@@ -32,6 +32,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mrgan.loss = 'mlmm12'      # the predictor path
     c.mrgan.num_samples = 2
     c.mrgan.predictor_steps = 2
+    c.mrgan.predictor_val_size = 8  # of the smoke's 64 training examples
+    c.mrgan.norm_batches = 2
+    # The smoke batch is 8: D and P read all of it, G half (the paper's 16 / 8 ratio).
+    c.mrgan.disc_batch_size = c.mrgan.predictor_batch_size = 8
+    c.mrgan.gen_batch_size = 4
     c.probe.datasets = ()
     c.compare.probe_size = 4
     c.compare.curve_samples = 2

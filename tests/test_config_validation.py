@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cgml_jax import configs, train
-from experiments import colorize, complete, spectral3d, toy
+from experiments import colorize, compare_mnist, complete, spectral3d, toy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,6 +43,9 @@ CASES = [
     (toy, 'smoke', 'data.batch_size', -3, 'config.data.batch_size = -3'),
     (toy, 'smoke', 'train.generator_update', 'first', "('every', 'last')"),
     (spectral3d, 'smoke', 'train.steps', 0, 'config.train.steps = 0'),
+    (compare_mnist, 'smoke', 'mrgan.disc_batch_size', 9, 'at most data.batch_size = 8'),
+    (compare_mnist, 'smoke', 'mrgan.predictor_patience', 0, 'config.mrgan.predictor_patience'),
+    (compare_mnist, 'smoke', 'mrgan.noise', 'flat', "('spatial', 'vector')"),
 ]
 
 

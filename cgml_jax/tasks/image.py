@@ -271,9 +271,15 @@ def build_models(task: ImageTask, config, out_channels: int | None = None):
                            out_activation=m.out_activation, impl=m.impl)
 
 
-def train_iterator(task: ImageTask, config):
-  """Checkpointable grain iterator of training batches (fresh corruptions every epoch)."""
+def train_iterator(task: ImageTask, config, holdout: int = 0):
+  """Checkpointable grain iterator of training batches (fresh corruptions every epoch).
+
+  `holdout` > 0 leaves out the last `holdout` examples of the training split (see
+  `holdout_set`).
+  """
   src = _source(task, config, config.data.train_split)
+  if holdout:
+    src = _Prefix(src, len(src) - holdout)
   mesh = parallel.make_mesh()
   local_batch = parallel.process_batch_size(config.data.batch_size, mesh)
   ds = data_lib.make_pipeline(src, batch_size=local_batch, seed=config.seed,
@@ -281,6 +287,40 @@ def train_iterator(task: ImageTask, config):
                               process_index=jax.process_index(),
                               process_count=jax.process_count())
   return NumericBatches(data_lib.make_iterator(ds, num_threads=config.data.num_threads))
+
+
+class _Prefix:
+  """The first n examples of a random-access source."""
+
+  def __init__(self, src, n: int):
+    if not 1 <= n <= len(src):
+      raise ValueError(f'cannot take {n} of the {len(src)} examples of the source')
+    self.src, self.n = src, n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    if not -self.n <= i < self.n:
+      raise IndexError(i)
+    return self.src[i % self.n]
+
+
+def holdout_set(task: ImageTask, config, n: int) -> dict[str, np.ndarray]:
+  """The last n examples of the training split, transformed, stacked: a validation set.
+
+  Example i of the split gets `np.random.default_rng([seed, 4099, i])` (fixed corruptions
+  and masks, like `load_eval_set`), so the set is the same in every build;
+  `train_iterator(..., holdout=n)` trains without these examples.
+  """
+  src = _source(task, config, config.data.train_split)
+  if not 1 <= n < len(src):
+    raise ValueError(f'cannot hold out {n} of the {len(src)} training examples')
+  fn = task.transform(config, None)
+  examples = [fn(src[i], np.random.default_rng([config.seed, 4099, i]))
+              for i in range(len(src) - n, len(src))]
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]
+          if isinstance(examples[0][k], np.ndarray) and examples[0][k].dtype.kind in 'fiub'}
 
 
 class NumericBatches:
@@ -337,6 +377,7 @@ def method_context(task: ImageTask, config, workdir: str | None = None, writer=N
       models=lambda cfg, out_channels: build_models(task, cfg, out_channels),
       loss_fn=task.loss_fn(config), example=next(train_iterator(task, config)),
       batches=lambda: train_iterator(task, config), discriminator=discriminator,
+      holdout=lambda n: (lambda: train_iterator(task, config, n), holdout_set(task, config, n)),
       basis_generator=basis_generator, rbg_keys=True, workdir=workdir, writer=writer,
       extra_metrics=extra_metrics)
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cgml_jax import cgml, regression
-from cgml_jax.models import layers
+from cgml_jax.models import conv, layers
 from cgml_jax.peers import bicyclegan as bicycle_lib
 from cgml_jax.peers import cimle as cimle_lib
 from cgml_jax.peers import methods as peers
@@ -119,6 +119,8 @@ class Context:
       corruption drawn inside the jitted step).
     extra_metrics: optional (name, sample_fn) -> (state -> dict) traced into every step
       (e.g. budget curves).
+    holdout: optional n -> (a `batches` without the last n training examples, those n
+      examples as one fixed batch): MR-GAN's predictor is selected on them.
   """
   name: str
   config: ml_collections.ConfigDict
@@ -134,6 +136,7 @@ class Context:
   writer: Any = None
   step_wrapper: Callable | None = None
   extra_metrics: Callable | None = None
+  holdout: Callable[[int], tuple[Callable[[], Iterator[dict]], dict]] | None = None
 
 
 @dataclasses.dataclass
@@ -168,8 +171,10 @@ def _div_weight(config):
 def build(name: str, ctx: Context, key: jax.Array) -> Built:
   """The initial state, step and sampler of method `name` (see the module docstring).
 
-  For 'mrgan' with an MLMM loss this trains the predictor first (checkpointed as
-  `<name>_predictor`); `info` then holds its steps and seconds.
+  For 'mrgan' with an MLMM loss this trains the predictor first and keeps the parameters
+  of lowest validation NLL (`peers.methods.train_predictor`; not checkpointed: a resumed
+  run trains it again, from the same seed and data order); `info` then holds its steps,
+  the selected step, its validation NLL and seconds.
   """
   base, extra = parse(name)
   config = ctx.config
@@ -235,11 +240,50 @@ def build(name: str, ctx: Context, key: jax.Array) -> Built:
                                 tx_g=tx, tx_d=tx, recon_fn=ctx.loss_fn)
     return Built(state, peers.gan_step, peers.gan_sample)
   # MR-GAN.
+  return _build_mrgan(name, extra, ctx, key, enc, gen, disc, x, y)
+
+
+def _mrgan_noise(config, enc, gen, x) -> tuple[Any, int]:
+  """MR-GAN's G and noise size: spatial tensors at the coarsest decoder maps, or a vector.
+
+  Lee et al. 2019, App. B.2: "Gaussian noise tensors of size H x W x 32 at the 1 x 1,
+  2 x 2, 4 x 4 feature map of the decoder". Our decoders start at model.bottleneck_size,
+  so these are its three coarsest maps (e.g. 2, 4, 8 for bottleneck 2), fewer if it has
+  fewer layers; the tensors are one flat N(0, I) vector z that G cuts into maps.
+  """
   m = config.mrgan
+  if m.noise == 'vector':
+    return gen, int(config.model.z_dim)
+  if not hasattr(gen, 'z_maps'):
+    raise ValueError(f'mrgan.noise = spatial needs a U-Net generator with z_maps '
+                     f'(cgml_jax.models.conv.ConvGenerator), got {type(gen).__name__}')
+  h = jax.eval_shape(lambda x: enc.init_with_output(jax.random.key(0), x, train=False)[0], x)
+  sizes = conv.z_map_sizes(h, int(m.noise_maps))
+  z_dim = int(m.noise_channels) * sum(a * b for a, b in sizes)
+  return gen.clone(z_maps=int(m.noise_maps)), z_dim
+
+
+def _build_mrgan(name, extra, ctx, key, enc, gen, disc, x, y) -> Built:
+  """MR-GAN as its App. B.2 builds it: normalised inputs, spatial noise, D / P / G batch
+  sizes, and (MLMM losses) the predictor selected by validation NLL on held-out data."""
+  config = ctx.config
+  m = config.mrgan
+  if ctx.step_wrapper is not None:
+    # The input statistics and the held-out set read the pipeline's x.
+    raise ValueError(f'task {ctx.name!r} changes batches inside the step; MR-GAN reads them '
+                     'before it')
   k_pred, k_gan = jax.random.split(key)
   tx = mr_lib.optimizer(m.lr)
-  pred_state, info = None, {}
+  norm, info = None, {}
+  if m.normalize_inputs:
+    it = ctx.batches()
+    norm = mr_lib.channel_stats(next(it)['x'] for _ in range(int(m.norm_batches)))
+    info['input_mean'] = [round(float(v), 4) for v in norm['mean']]
+    info['input_std'] = [round(float(v), 4) for v in norm['std']]
+  pred_state = None
   if m.loss in mr_lib.PREDICTOR_LOSSES:
+    if ctx.holdout is None:
+      raise ValueError(f'task {ctx.name!r} offers no held-out data to select the predictor')
     # P's G has no output activation: the task's activation goes on the centre only, the
     # log-dispersion stays unbounded (mrgan.Predictor).
     p_config = config.copy_and_resolve_references()
@@ -247,17 +291,23 @@ def build(name: str, ctx: Context, key: jax.Array) -> Built:
     p_enc, p_gen, _ = ctx.models(p_config, 2 * int(y.shape[-1]))
     predictor = mr_lib.Predictor(p_enc, p_gen, centre_activation=config.model.out_activation)
     pred_state = peers.PredictorState.create(k_pred, x, predictor=predictor, dist=m.dist,
-                                             tx=tx)
+                                             tx=tx, input_norm=norm,
+                                             batch_size=int(m.predictor_batch_size))
+    batches, val = ctx.holdout(int(m.predictor_val_size))
     t0 = time.perf_counter()
-    pred_state, _, _ = fit(f'{name}_predictor', pred_state, peers.predictor_step, ctx,
-                           m.predictor_steps, jax.random.fold_in(k_pred, 1))
-    info = {'predictor_steps': int(m.predictor_steps),
-            'predictor_seconds': round(time.perf_counter() - t0, 2)}
+    pred_state, p_info = peers.train_predictor(
+        pred_state, batches(), val, max_steps=int(m.predictor_steps),
+        eval_every=int(m.predictor_eval_every), patience=int(m.predictor_patience),
+        key=jax.random.fold_in(k_pred, 1))
+    info.update(p_info, predictor_seconds=round(time.perf_counter() - t0, 2))
+  gen, z_dim = _mrgan_noise(config, enc, gen, x)
   hp = peers.MRHyper(z_dim=z_dim, loss=m.loss, dist=m.dist, num_samples=m.num_samples,
                      mr_weight=m.mr_weight, diversity=extra,
-                     diversity_weight=_div_weight(config))
+                     diversity_weight=_div_weight(config),
+                     disc_batch=int(m.disc_batch_size), gen_batch=int(m.gen_batch_size))
   state = peers.MRGANState.create(k_gan, x, y, encoder=enc, generator=gen, disc=disc, hp=hp,
-                                  predictor_state=pred_state, tx_g=tx, tx_d=tx)
+                                  predictor_state=pred_state, tx_g=tx, tx_d=tx,
+                                  input_norm=norm)
   return Built(state, peers.mrgan_step, peers.mrgan_sample, info)
 
 
