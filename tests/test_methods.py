@@ -151,3 +151,20 @@ def test_package_exports_its_public_surface_lazily():
 def cgml_jax_version():
   import cgml_jax
   return cgml_jax.__version__
+
+
+def test_mrgan_holdout_is_fixed_and_left_out_of_training(data_dir):
+  """MR-GAN's predictor is selected on the last N training examples: the same arrays in
+  every build, and never in the predictor's training batches."""
+  from cgml_jax.tasks import mnist_corrupted
+  config = importlib.import_module('experiments.compare_mnist').get_config('smoke')
+  ctx = image.method_context(mnist_corrupted.TASK, config)
+  batches, val = ctx.holdout(8)
+  _, val_again = ctx.holdout(8)
+  assert val['x'].shape[0] == 8 and set(val) == set(val_again)
+  for k in val:
+    np.testing.assert_array_equal(val[k], val_again[k])
+  n = len(image._source(mnist_corrupted.TASK, config, config.data.train_split))
+  it = batches()
+  seen = np.concatenate([next(it)['index'] for _ in range((n - 8) // 8)])   # one epoch
+  assert set(seen.tolist()) == set(range(n - 8))
