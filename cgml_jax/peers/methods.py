@@ -18,8 +18,10 @@ unchanged; BasisGAN swaps G for `basisgan.BasisUNetGenerator`, which reads the s
   Context Encoder    GANState / gan_step / gan_sample          0.999 L2 + 0.001 NS-GAN, z_dim 0
   pix2pix + noise    GANState / gan_step / gan_sample          NS-GAN + 100 L1, z ~ N(0, I)
   BasisGAN           GANState / gan_step / gan_sample          as pix2pix, G with BasisConvs
-  MR-GAN             MRGANState / mrgan_step / mrgan_sample    NS-GAN + 10 MR loss, K = 10
-                     PredictorState / predictor_step           Gaussian or Laplace NLL
+  MR-GAN             MRGANState / mrgan_step / mrgan_sample    NS-GAN + 10 MR loss, K = 10,
+                                                               D on 16, G on 8 x K inputs
+                     PredictorState / predictor_step           Gaussian or Laplace NLL,
+                     / train_predictor                         kept at its best val. NLL
 
 Any GAN method takes a DSGAN or MSGAN term (`hp.diversity`); for it gan_step draws two
 noises per input (pairs of consecutive rows) and MR-GAN uses its first two samples.

@@ -62,6 +62,12 @@ Defaults follow the released configs: K = 10 samples, weight lambda = 10 on the 
 1 on the GAN loss, AMSGrad lr 1e-4, betas (0.5, 0.999), weight decay 1e-4 (PyTorch's
 L2-into-the-gradient kind) and gradient clipping at 0.5 by value.
 
+The paper's Pix2Pix setting (App. B.2) beyond the losses lives elsewhere: spatial noise
+tensors at the decoder's coarsest maps (`cgml_jax.models.conv.ConvGenerator.z_maps`), the
+D / G / P batch sizes and the predictor kept at its lowest validation NLL
+(`cgml_jax.peers.methods.mrgan_step`, `train_predictor`), and the per-channel input
+normalisation (`channel_stats`, `normalize_inputs` below).
+
 All losses take `samples` (B, K, ...) and return per-example means (B,).
 """
 
