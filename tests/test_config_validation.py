@@ -43,6 +43,10 @@ CASES = [
     (toy, 'smoke', 'data.batch_size', -3, 'config.data.batch_size = -3'),
     (toy, 'smoke', 'train.generator_update', 'first', "('every', 'last')"),
     (spectral3d, 'smoke', 'train.steps', 0, 'config.train.steps = 0'),
+    (spectral3d, 'smoke', 'basisgan.generator', 'vgg', "('resnet', 'unet')"),
+    (spectral3d, 'smoke', 'basisgan.latent', 'one', "('auto', 'per_layer', 'shared')"),
+    (spectral3d, 'smoke', 'basisgan.latent_dim', 0, 'config.basisgan.latent_dim = 0'),
+    (spectral3d, 'smoke', 'basisgan.num_blocks', 0, 'config.basisgan.num_blocks = 0'),
 ]
 
 
