@@ -337,6 +337,15 @@ def test_basis_conv_equals_conv_with_filters_psi_times_a():
       for i in range(2)]) + p['bias']
   np.testing.assert_allclose(jax.jit(conv.apply)({'params': p}, x, z), ref, rtol=1e-4,
                              atol=1e-5)
+  # 'VALID': no padding, as the conv of the same filters without padding.
+  valid = conv.clone(padding='VALID')
+  ref = jnp.stack([
+      jax.lax.conv_general_dilated(x[i:i + 1], w[i], (2, 2), 'VALID',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))[0]
+      for i in range(2)]) + p['bias']
+  out = jax.jit(valid.apply)({'params': p}, x, z)
+  assert out.shape == (2, 2, 2, 2)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_basis_unet_generator_diverse_in_z():

@@ -77,9 +77,11 @@ class BasisConv(nn.Module):
     strides: spatial stride.
     basis_hidden: width of the basis generator's hidden layer.
     use_bias: add a deterministic per-channel bias.
+    padding: 'SAME' (zeros) or 'VALID' (none; e.g. after a reflection pad, as pix2pix's
+      residual blocks pad).
 
-  Call: `BasisConv(...)(x, z)` with x (B, H, W, C) and z (B, n); returns (B, H', W', C')
-  with 'SAME' padding. Example b uses the bases sampled from z[b].
+  Call: `BasisConv(...)(x, z)` with x (B, H, W, C) and z (B, n); returns (B, H', W', C').
+  Example b uses the bases sampled from z[b].
   """
   features: int
   kernel_size: int = 3
@@ -87,6 +89,7 @@ class BasisConv(nn.Module):
   strides: int = 1
   basis_hidden: int = HIDDEN
   use_bias: bool = True
+  padding: str = 'SAME'
 
   @nn.compact
   def __call__(self, x, z):
@@ -107,8 +110,13 @@ class BasisConv(nn.Module):
     # compiles and runs very slowly (minutes for a 28px U-Net step).
     b, h, w = x.shape[:3]
     size, st = self.kernel_size, self.strides
-    ho, wo = -(-h // st), -(-w // st)
-    pad_h, pad_w = max((ho - 1) * st + size - h, 0), max((wo - 1) * st + size - w, 0)
+    if self.padding == 'SAME':
+      ho, wo = -(-h // st), -(-w // st)
+      pad_h, pad_w = max((ho - 1) * st + size - h, 0), max((wo - 1) * st + size - w, 0)
+    elif self.padding == 'VALID':
+      (ho, wo), pad_h, pad_w = ((h - size) // st + 1, (w - size) // st + 1), 0, 0
+    else:
+      raise ValueError(f"padding must be 'SAME' or 'VALID', got {self.padding!r}")
     xp = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
                      (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
     psi = psi.astype(x.dtype)
@@ -322,8 +330,8 @@ class BasisResidualBlock(nn.Module):
   r"""x + norm(conv(relu(norm(BasisConv(x, z))))): a BasisConv, then a regular conv.
 
   BasisGAN's stochastic residual block ("regular convolutional layers and convolutional
-  layers with basis generators convolve alternatively"); both 3x3 with reflection padding
-  for the regular one, 'SAME' zero padding for the BasisConv (`BasisConv` pads itself).
+  layers with basis generators convolve alternatively"); both 3x3 with reflection padding,
+  as pix2pix's `ResnetBlock`.
   """
   num_bases: int = 5
   basis_hidden: int = HIDDEN
@@ -334,7 +342,9 @@ class BasisResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x, z, *, train: bool = False):
     c = x.shape[-1]
-    u = BasisConv(c, 3, self.num_bases, basis_hidden=self.basis_hidden, name='basis_conv')(x, z)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
+    u = BasisConv(c, 3, self.num_bases, basis_hidden=self.basis_hidden, padding='VALID',
+                  name='basis_conv')(xp, z)
     u = nn.relu(norm_layer(self.norm, train)(u))
     wrap = lambda layer: maybe_spectral_norm(layer, self.spectral_norm, self.lipschitz)
     u = _reflect_conv(u, c, 3, name='conv', wrap=wrap, train=train)
