@@ -116,10 +116,23 @@ def add_peer_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.gan.disc_max_features = 512  # CE discriminator: widest layer
   c.gan.recon_weight = 100.0   # pix2pix / BasisGAN lambda on the task's E
   c.gan.diversity_weight = -1.0  # DSGAN / MSGAN lambda; < 0 = that paper's default
+  # cGML's spectral norm (constant model.lipschitz) on every peer's G. None of the peers'
+  # papers constrains G so; cGML's own G and Z always have it.
+  c.gan.generator_spectral_norm = False
 
+  # BasisGAN (Wang et al. 2020; cgml_jax.peers.basisgan).
   c.basisgan = ml_collections.ConfigDict()
-  c.basisgan.num_bases = 5
-  c.basisgan.basis_every = 2   # every n-th decoder conv is a BasisConv
+  c.basisgan.generator = 'resnet'  # pix2pix's ResNet generator with stochastic residual
+                               # blocks (the paper's), or 'unet' (a U-Net decoder on H)
+  c.basisgan.num_blocks = 6    # 'resnet': residual blocks, one BasisConv each (pix2pix: 9
+                               # at 256 px, 6 at 128 px); its width is model.base_channels
+  c.basisgan.num_bases = 5     # K spatial bases per BasisConv
+  c.basisgan.latent_dim = 64   # latent size of each basis generator (Table A.1: 64 + 64)
+  c.basisgan.basis_hidden = 64  # hidden width of each basis generator (Table A.1)
+  c.basisgan.latent = 'auto'   # 'per_layer': each basis generator its own latent (the
+                               # paper); 'shared': one for all; 'auto': shared only under
+                               # +dsgan (their Sec. 5), per_layer otherwise
+  c.basisgan.basis_every = 2   # 'unet': every n-th decoder conv is a BasisConv
 
   # MR-GAN (Lee et al. 2019; its App. B.2 is the Pix2Pix setting followed here).
   c.mrgan = ml_collections.ConfigDict()
@@ -324,6 +337,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # Peers.
   _num(config, 'gan.lr', 0.0)
   _int(config, 'gan.disc_features', 1)
+  _bool(config, 'gan.generator_spectral_norm')
+  if _get(config, 'basisgan.generator') is not _MISSING:
+    from cgml_jax.peers import basisgan
+    _choice(config, 'basisgan.generator', basisgan.GENERATORS)
+    _choice(config, 'basisgan.latent', basisgan.LATENTS)
+  for f in ('num_blocks', 'num_bases', 'latent_dim', 'basis_hidden', 'basis_every'):
+    _int(config, f'basisgan.{f}', 1)
   _num(config, 'mrgan.lr', 0.0)
   if _get(config, 'mrgan.loss') is not _MISSING:
     from cgml_jax.peers import mrgan

@@ -46,6 +46,10 @@ CASES = [
     (compare_mnist, 'smoke', 'mrgan.disc_batch_size', 9, 'at most data.batch_size = 8'),
     (compare_mnist, 'smoke', 'mrgan.predictor_patience', 0, 'config.mrgan.predictor_patience'),
     (compare_mnist, 'smoke', 'mrgan.noise', 'flat', "('spatial', 'vector')"),
+    (spectral3d, 'smoke', 'basisgan.generator', 'vgg', "('resnet', 'unet')"),
+    (spectral3d, 'smoke', 'basisgan.latent', 'one', "('auto', 'per_layer', 'shared')"),
+    (spectral3d, 'smoke', 'basisgan.latent_dim', 0, 'config.basisgan.latent_dim = 0'),
+    (spectral3d, 'smoke', 'basisgan.num_blocks', 0, 'config.basisgan.num_blocks = 0'),
 ]
 
 

@@ -7,6 +7,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -168,3 +169,95 @@ def test_mrgan_holdout_is_fixed_and_left_out_of_training(data_dir):
   it = batches()
   seen = np.concatenate([next(it)['index'] for _ in range((n - 8) // 8)])   # one epoch
   assert set(seen.tolist()) == set(range(n - 8))
+
+
+# ---------------------------------------------------------------------------------------
+# The peers' generators as their papers build them (tiny 8 px task, no data needed).
+
+
+def _tiny_context(config):
+  """A registry Context on 8x8 grey images with the project's conv H, G, Z and D."""
+  from cgml_jax.models.conv import build_conv_models
+  from cgml_jax.peers import gan
+  r = np.random.default_rng(0)
+  x = r.normal(size=(4, 8, 8, 1)).astype(np.float32)
+  batch = {'x': x, 'y': np.tanh(x)}
+  m = config.model
+
+  def models(cfg, out_channels):
+    return build_conv_models(8, 1, out_channels or 1, cfg.model.z_dim, base_channels=4,
+                             max_channels=8, bottleneck_size=2, z_injection='all',
+                             spectral_norm=True, lipschitz=m.lipschitz, latent_hidden=(8,))
+
+  return methods_lib.Context(
+      name='tiny', config=config, models=models, loss_fn=cgml.l1_error, example=batch,
+      batches=lambda: iter([batch] * 1000),
+      discriminator=lambda kind: (gan.ContextEncoderDiscriminator(features=2, max_features=4)
+                                  if kind == 'context_encoder'
+                                  else gan.PatchDiscriminator(features=2)),
+      basis_generator=lambda enc, x, per_layer: image.basis_models(config, 1, enc, x,
+                                                                   per_layer),
+      rbg_keys=True)
+
+
+def _tiny_config():
+  config = importlib.import_module('experiments.compare_mnist').get_config('smoke')
+  config.train.steps = 2
+  config.basisgan.num_blocks = 2
+  config.basisgan.latent_dim = 4
+  config.basisgan.basis_hidden = 4
+  config.mrgan.loss = 'mcmle1'
+  return config
+
+
+def _has_spectral_norm(stats) -> bool:
+  return any('SpectralNorm' in jax.tree_util.keystr(path)
+             for path, _ in jax.tree_util.tree_leaves_with_path(stats))
+
+
+def test_peer_generators_are_plain_unless_asked_and_cgml_keeps_spectral_norm():
+  config = _tiny_config()
+  ctx = _tiny_context(config)
+
+  def generator_stats(name, basis='resnet'):
+    config.basisgan.generator = basis
+    return methods_lib.build(name, ctx, jax.random.key(0)).state.stats['generator']
+
+  cgml_state = methods_lib.build('cgml', ctx, jax.random.key(0)).state
+  assert _has_spectral_norm(cgml_state.stats['generator'])
+  assert _has_spectral_norm(cgml_state.stats['latent'])
+  peers = [('pix2pix',), ('context_encoder',), ('mrgan',), ('basisgan', 'resnet'),
+           ('basisgan', 'unet')]
+  for args in peers:
+    assert not _has_spectral_norm(generator_stats(*args)), args
+  config.gan.generator_spectral_norm = True
+  for args in [('pix2pix',), ('basisgan', 'resnet'), ('basisgan', 'unet')]:
+    assert _has_spectral_norm(generator_stats(*args)), args
+
+
+def test_basisgan_latents_per_layer_by_default_and_shared_under_dsgan():
+  config = _tiny_config()
+  ctx = _tiny_context(config)
+
+  def z_dim(name):
+    built = methods_lib.build(name, ctx, jax.random.key(0))
+    gen = built.state.generator
+    assert type(gen).__name__ == 'BasisResNetGenerator'
+    assert built.state.hp.z_dim == gen.latent_dim * (gen.num_blocks if gen.per_layer_latents
+                                                     else 1)
+    return built.state.hp.z_dim
+
+  assert z_dim('basisgan') == z_dim('basisgan+msgan') == 2 * 4   # 2 blocks, 4-d each
+  assert z_dim('basisgan+dsgan') == 4                              # Sec. 5: one shared code
+  config.basisgan.latent = 'shared'
+  assert z_dim('basisgan') == 4
+  config.basisgan.latent = 'per_layer'
+  assert z_dim('basisgan+dsgan') == 8
+  # Trains end to end through the registry: every optimiser still moves at the last step.
+  config.basisgan.latent = 'auto'
+  trained = methods_lib.train('basisgan', ctx, jax.random.key(1))
+  norms = trained.info['final_update_norm']
+  assert norms and min(norms.values()) > 0, norms
+  s = np.asarray(jax.jit(trained.sample_fn, static_argnums=3)(
+      trained.state, jnp.asarray(ctx.example['x']), jax.random.key(2), 3))
+  assert s.shape == (4, 3, 8, 8, 1) and np.abs(s[:, 0] - s[:, 1]).max() > 0

@@ -306,7 +306,7 @@ def test_predictor_squashes_the_centre_only():
 def test_basis_conv_is_stochastic_in_z_only():
   r = _rng(7)
   x = jnp.asarray(r.normal(size=(2, 6, 6, 2)), jnp.float32)
-  z1, z2 = (jnp.asarray(r.normal(size=(2, 8)), jnp.float32) for _ in range(2))
+  z1, z2 = (jnp.asarray(r.normal(size=(2, 64)), jnp.float32) for _ in range(2))
   conv = basisgan.BasisConv(features=3, kernel_size=3, num_bases=5)
   variables = jax.jit(conv.init)(_key(0), x, z1)
   apply = jax.jit(conv.apply)
@@ -316,9 +316,9 @@ def test_basis_conv_is_stochastic_in_z_only():
   # Example 0 uses z[0] only.
   out_mixed = apply(variables, x, z1.at[1].set(z2[1]))
   np.testing.assert_allclose(out_mixed[0], out1[0], rtol=1e-6)
-  # A few hundred parameters per basis generator (Wang et al. 2020, Sec. 3.2).
+  # The paper's 64 + 64 basis generator (Wang et al. 2020, Appendix E, Table A.1).
   n_basis = sum(a.size for a in jax.tree.leaves(variables['params']['basis_generator']))
-  assert n_basis == 8 * 8 + 8 + 8 * 45 + 45
+  assert n_basis == 64 * 64 + 64 + 64 * 45 + 45
 
 
 def test_basis_conv_equals_conv_with_filters_psi_times_a():
@@ -337,6 +337,15 @@ def test_basis_conv_equals_conv_with_filters_psi_times_a():
       for i in range(2)]) + p['bias']
   np.testing.assert_allclose(jax.jit(conv.apply)({'params': p}, x, z), ref, rtol=1e-4,
                              atol=1e-5)
+  # 'VALID': no padding, as the conv of the same filters without padding.
+  valid = conv.clone(padding='VALID')
+  ref = jnp.stack([
+      jax.lax.conv_general_dilated(x[i:i + 1], w[i], (2, 2), 'VALID',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))[0]
+      for i in range(2)]) + p['bias']
+  out = jax.jit(valid.apply)({'params': p}, x, z)
+  assert out.shape == (2, 2, 2, 2)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_basis_unet_generator_diverse_in_z():
@@ -344,7 +353,8 @@ def test_basis_unet_generator_diverse_in_z():
   h = (jnp.asarray(r.normal(size=(2, 2, 2, 8)), jnp.float32),
        jnp.asarray(r.normal(size=(2, 4, 4, 4)), jnp.float32))   # any order
   z1, z2 = (jnp.asarray(r.normal(size=(2, 8)), jnp.float32) for _ in range(2))
-  g = basisgan.BasisUNetGenerator(out_channels=3, norm='none')
+  g = basisgan.BasisUNetGenerator(out_channels=3, norm='none', latent_dim=8, basis_hidden=8)
+  assert g.num_basis_convs(h) == 1          # 2 decoder convs, every 2nd a BasisConv
   v = jax.jit(g.init)(_key(0), h, z1)
   apply = jax.jit(g.apply)
   y1, y1b, y2 = (apply(v, h, z) for z in (z1, z1, z2))
@@ -353,9 +363,91 @@ def test_basis_unet_generator_diverse_in_z():
   assert float(jnp.abs(y1 - y2).mean()) > 1e-3
   assert 'BasisConv_0' in v['params'] and 'Conv_0' in v['params']   # they alternate
   # A padded encoder (e.g. 28 -> 32): the decoded map is centre-cropped to output_size.
-  g6 = basisgan.BasisUNetGenerator(out_channels=3, norm='none', output_size=6)
+  g6 = g.clone(output_size=6)
   y6 = jax.jit(g6.apply)(v, h, z1)
   np.testing.assert_allclose(y6, y1[:, 1:7, 1:7], rtol=1e-6)
+
+
+def _has_spectral_norm(variables) -> bool:
+  """Whether any variable lives under a SpectralNorm wrapper (its u and sigma)."""
+  return any('SpectralNorm' in jax.tree_util.keystr(path)
+             for path, _ in jax.tree_util.tree_leaves_with_path(variables))
+
+
+def _calls(module_types):
+  """An interceptor recording (module, args) of every __call__ of the given types."""
+  seen = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name == '__call__' and isinstance(context.module, module_types):
+      seen.append((context.module, args))
+    return next_fun(*args, **kwargs)
+  return seen, interceptor
+
+
+@pytest.mark.parametrize('per_layer', [True, False])
+def test_each_basis_generator_reads_its_own_latent_unless_shared(per_layer):
+  r = _rng(11)
+  h = (jnp.asarray(r.normal(size=(2, 4, 4, 8)), jnp.float32),)
+  g = basisgan.BasisResNetGenerator(out_channels=1, num_blocks=3, latent_dim=4, basis_hidden=4,
+                                    per_layer_latents=per_layer, norm='none')
+  n = 3 * 4 if per_layer else 4
+  assert basisgan.noise_dim(basisgan.BasisResNetEncoder(features=2), g,
+                            jnp.zeros((2, 16, 16, 1))) == n
+  z = jnp.asarray(r.normal(size=(2, n)), jnp.float32)
+  v = jax.jit(g.init)(_key(0), h, z)
+  seen, interceptor = _calls(basisgan.BasisGenerator)
+  with nn.intercept_methods(interceptor):
+    g.apply(v, h, z)
+  latents = [args[0] for _, args in seen]
+  assert len(latents) == 3
+  for i, zi in enumerate(latents):
+    np.testing.assert_array_equal(zi, z[:, 4 * i:4 * i + 4] if per_layer else z)
+  differ = [float(jnp.abs(latents[i] - latents[j]).max()) > 0 for i, j in ((0, 1), (1, 2))]
+  assert differ == [per_layer, per_layer]
+  with pytest.raises(ValueError, match=f'z of shape \\(B, {n}\\)'):
+    g.apply(v, h, jnp.zeros((2, n + 1)))
+
+
+def test_resnet_generator_shapes_and_alternating_convs():
+  r = _rng(12)
+  x = jnp.asarray(r.normal(size=(2, 10, 10, 3)), jnp.float32)   # padded to 12, cropped back
+  enc = basisgan.BasisResNetEncoder(features=2)
+  h = jax.jit(lambda x: enc.init_with_output(_key(0), x)[0])(x)
+  assert len(h) == 1 and h[0].shape == (2, 3, 3, 8)            # 2 stride-2 convs, 4 ngf
+  g = basisgan.BasisResNetGenerator(out_channels=2, num_blocks=3, latent_dim=4, basis_hidden=4,
+                                    output_size=10)
+  z = jnp.asarray(r.normal(size=(2, 12)), jnp.float32)
+  v = jax.jit(g.init)(_key(1), h, z)
+  seen, interceptor = _calls((basisgan.BasisConv, nn.Conv, nn.ConvTranspose))
+  with nn.intercept_methods(interceptor):
+    y = g.apply(v, h, z)
+  assert y.shape == (2, 10, 10, 2) and float(jnp.abs(y).max()) <= 1.0
+  kinds = [type(m).__name__ for m, _ in seen]
+  # Inside every residual block a BasisConv then a regular conv, then the up-sampling.
+  assert kinds == ['BasisConv', 'Conv'] * 3 + ['ConvTranspose', 'ConvTranspose', 'Conv']
+  assert not _has_spectral_norm(v)
+  g_sn = g.clone(spectral_norm=True, lipschitz=2.0)
+  v_sn = jax.jit(g_sn.init)(_key(1), h, z)
+  assert _has_spectral_norm(v_sn)
+
+
+def test_basisgan_resnet_k_samples_differ_per_input():
+  batch = _batch()
+  enc = basisgan.BasisResNetEncoder(features=2, norm='none')
+  gen = basisgan.BasisResNetGenerator(out_channels=1, num_blocks=2, latent_dim=4,
+                                      basis_hidden=4, norm='none', output_size=8)
+  z_dim = basisgan.noise_dim(enc, gen, batch['x'])
+  assert z_dim == 8
+  st = methods.basisgan_state(_key(0), batch['x'], batch['y'], encoder=enc, generator=gen,
+                              disc=gan.PatchDiscriminator(features=2, norm='none'),
+                              hp=methods.GANHyper(z_dim=z_dim), tx_g=FAST, tx_d=FAST)
+  st, first, last = _run(methods.gan_step, st, batch, 6, 'recon')
+  assert last < first
+  s = _sample(methods.gan_sample, st, batch['x'], 3)
+  assert s.shape == (4, 3, 8, 8, 1)
+  spread = jnp.abs(s[:, :, None] - s[:, None]).reshape(4, 9, -1).max(axis=-1)
+  assert float(spread[:, [1, 2, 5]].min()) > 0                # every pair of the K differs
 
 
 # ---------------------------------------------------------------------------------------
@@ -467,7 +559,8 @@ def test_basisgan_step_lowers_l1_and_samples_differ():
   batch = _batch()
   st = methods.basisgan_state(
       _key(0), batch['x'], batch['y'], encoder=TinyEncoder(),
-      generator=basisgan.BasisUNetGenerator(out_channels=1, norm='none', basis_hidden=4),
+      generator=basisgan.BasisUNetGenerator(out_channels=1, norm='none', latent_dim=8,
+                                            basis_hidden=4),
       disc=gan.PatchDiscriminator(features=2, norm='none'), tx_g=FAST, tx_d=FAST)
   st, first, last = _run(methods.gan_step, st, batch, 8, 'recon')
   assert last < 0.9 * first

@@ -11,7 +11,10 @@ metrics)` that `jax.jit` compiles as is, and a sampler `sample(state, x, key, K)
   predictor(x, train=bool) -> (centre, log-dispersion)      (MR-GAN only)
 
 so the project's conv backbones (H returning a tuple of features, a U-Net G(h, z)) plug in
-unchanged; BasisGAN swaps G for `basisgan.BasisUNetGenerator`, which reads the same h.
+unchanged. BasisGAN takes pix2pix's ResNet generator split at its residual blocks
+(`basisgan.BasisResNetEncoder` as H, `basisgan.BasisResNetGenerator` as G) or a U-Net
+decoder on the project's h (`basisgan.BasisUNetGenerator`); its z is the concatenation of
+the basis generators' latents (`basisgan.noise_dim`).
 
   method             state / step / sample                     losses (defaults)
   L1 regression      RegressionState / l1_step / l1_sample     E = L1 (cgml_jax.regression)
@@ -212,7 +215,8 @@ CONTEXT_ENCODER = GANHyper(z_dim=0, recon_weight=0.999, adv_weight=0.001)
 # Isola et al. 2017 Sec. 3.1/4: lambda = 100 on L1. Noise is an input of G (z_dim 8 as in
 # BicycleGAN's pix2pix+noise baseline).
 PIX2PIX = GANHyper(z_dim=8, recon_weight=100.0, adv_weight=1.0)
-# Wang et al. 2020 train BasisGAN with the losses of the cGAN it modifies (pix2pix here).
+# Wang et al. 2020 train BasisGAN with the losses of the cGAN it modifies (pix2pix here);
+# z_dim must be the generator's `basisgan.noise_dim` (replace() it).
 BASISGAN = PIX2PIX
 
 
@@ -269,7 +273,8 @@ def context_encoder_state(key, x, y, *, encoder, generator, disc=None, **kw) -> 
 def pix2pix_state(key, x, y, *, encoder, generator, disc=None, **kw) -> GANState:
   """`GANState` with pix2pix defaults: z_dim 8, NS-GAN + 100 L1, conditional PatchGAN D.
 
-  For BasisGAN pass `generator=basisgan.BasisUNetGenerator(out_channels=...)`.
+  For BasisGAN pass a `basisgan.BasisResNetEncoder` and `BasisResNetGenerator` (or a
+  `BasisUNetGenerator`) and `hp=GANHyper(z_dim=basisgan.noise_dim(encoder, generator, x))`.
   """
   kw.setdefault('hp', PIX2PIX)
   return GANState.create(key, x, y, encoder=encoder, generator=generator,

@@ -355,6 +355,29 @@ def _final_upsample(enc, x) -> int:
   return max(1, -(-x.shape[1] // finest))
 
 
+def basis_models(config, out_channels: int, enc, x, per_layer_latents: bool) -> tuple:
+  """BasisGAN's (H, G) for `config.basisgan` (cgml_jax.peers.basisgan).
+
+  'resnet' (the paper's pix2pix model): H = the ResNet generator's front, ngf =
+  `model.base_channels`, and G = its `basisgan.num_blocks` stochastic residual blocks and
+  up-sampling; 'unet': the task's H and a U-Net decoder on its features. Spectral norm on
+  G's plain convs follows `gan.generator_spectral_norm` (set by the registry).
+  """
+  b, m = config.basisgan, config.model
+  act = 'tanh' if m.out_activation == 'tanh' else 'none'
+  common = dict(out_channels=out_channels, num_bases=b.num_bases, latent_dim=b.latent_dim,
+                basis_hidden=b.basis_hidden, per_layer_latents=per_layer_latents,
+                final_activation=act, output_size=int(x.shape[1]), lipschitz=m.lipschitz)
+  if b.generator == 'resnet':
+    return (basis_lib.BasisResNetEncoder(features=m.base_channels),
+            basis_lib.BasisResNetGenerator(num_blocks=b.num_blocks, **common))
+  if b.generator == 'unet':
+    return enc, basis_lib.BasisUNetGenerator(basis_every=b.basis_every,
+                                             final_upsample=_final_upsample(enc, x), **common)
+  raise ValueError(f'basisgan.generator must be one of {basis_lib.GENERATORS}, '
+                   f'got {b.generator!r}')
+
+
 def method_context(task: ImageTask, config, workdir: str | None = None, writer=None,
                    extra_metrics=None) -> methods_lib.Context:
   """The registry's view of an image task (`cgml_jax.tasks.methods.Context`)."""
@@ -365,12 +388,8 @@ def method_context(task: ImageTask, config, workdir: str | None = None, writer=N
                                                  max_features=g.disc_max_features)
     return gan_lib.PatchDiscriminator(features=g.disc_features)
 
-  def basis_generator(enc, x):
-    b, act = config.basisgan, config.model.out_activation
-    return basis_lib.BasisUNetGenerator(
-        out_channels=task.out_channels, num_bases=b.num_bases, basis_every=b.basis_every,
-        final_upsample=_final_upsample(enc, x),
-        final_activation=act if act == 'tanh' else 'none', output_size=int(x.shape[1]))
+  def basis_generator(enc, x, per_layer_latents):
+    return basis_models(config, task.out_channels, enc, x, per_layer_latents)
 
   return methods_lib.Context(
       name=task.name, config=config,

@@ -6,7 +6,7 @@ r"""Every method a task can train, by name: one registry, one way to build and t
   cgml_no_rho       as cgml with use_momentum=False ("w/o rho")  eval.num_samples
   context_encoder   peers: 0.999 masked L2 + 0.001 adversarial   1 (no noise)
   pix2pix           peers: NS-GAN + gan.recon_weight * E         eval.num_samples
-  basisgan          as pix2pix, G with BasisConvs                eval.num_samples
+  basisgan          as pix2pix, H and G from the task's BasisGAN    eval.num_samples
   mrgan             peers: predictor (MLMM losses) then MR-GAN   eval.num_samples
   bicyclegan        peers.bicyclegan: cVAE-GAN + cLR-GAN, E(y)   eval.num_samples
   cimle             peers.cimle: nearest of m samples, E on it   eval.num_samples
@@ -16,6 +16,9 @@ A task describes its models and data once in a `Context`; `build(name, ctx)` ret
 `Built` (initial state, jit-able step, sampler), `train(name, ctx, key)` trains it for
 `config.train.steps` batches with checkpoints and resume, and `hyper(config, method)` is
 the one place where a config becomes `cgml.Hyper`.
+
+Every peer's G is built as its paper builds it: without cGML's spectral norm unless
+`gan.generator_spectral_norm` (`peer_generator`); cGML's G and Z keep it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import ml_collections
 
 from cgml_jax import cgml, regression
 from cgml_jax.models import conv, layers
+from cgml_jax.peers import basisgan as basis_lib
 from cgml_jax.peers import bicyclegan as bicycle_lib
 from cgml_jax.peers import cimle as cimle_lib
 from cgml_jax.peers import methods as peers
@@ -111,7 +115,8 @@ class Context:
       get_state/set_state).
     num_examples: size of the training set (the persistent z table), if known.
     discriminator: kind ('patch' or 'context_encoder') -> D module.
-    basis_generator: (H, example x) -> BasisGAN's G, for tasks that offer it.
+    basis_generator: (H, example x, per_layer_latents) -> BasisGAN's (H', G), for tasks
+      that offer it (`cgml_jax.peers.basisgan`; H' may be H).
     rbg_keys: draw initial parameters from an RBG key (compiles much faster on CPU for
       conv nets; parameters are still a deterministic function of the seed).
     workdir, writer: where checkpoints and metrics go (None: no checkpoints).
@@ -168,6 +173,34 @@ def _div_weight(config):
   return None if w is None or w < 0 else float(w)
 
 
+COMMON_GENERATOR = ('l1', 'cgml', 'cgml_no_rho')  # cGML and its baseline: the task's G as is
+
+
+def peer_generator(generator, config):
+  """A peer's G with spectral norm only if `gan.generator_spectral_norm` (default off).
+
+  The task's G is cGML's, spectrally normalised with constant C = `model.lipschitz` so
+  that it is Lipschitz in z (cGML Eq. 3); none of the peers' papers constrains G that way.
+  Modules without a `spectral_norm` field are returned as they are.
+  """
+  gan = config.get('gan')
+  enabled = bool(gan.get('generator_spectral_norm', False)) if gan is not None else False
+  if getattr(generator, 'spectral_norm', enabled) == enabled:
+    return generator
+  return generator.clone(spectral_norm=enabled)
+
+
+def basis_latents_per_layer(config, extra: str | None) -> bool:
+  """`basisgan.latent`: one latent per basis generator, unless 'shared' or (for 'auto')
+  under +dsgan, where BasisGAN feeds them all the same code (Wang et al. 2020, Sec. 5)."""
+  mode = config.basisgan.latent
+  if mode not in basis_lib.LATENTS:
+    raise ValueError(f'basisgan.latent must be one of {basis_lib.LATENTS}, got {mode!r}')
+  if mode == 'auto':
+    return extra != 'dsgan'
+  return mode == 'per_layer'
+
+
 def build(name: str, ctx: Context, key: jax.Array) -> Built:
   """The initial state, step and sampler of method `name` (see the module docstring).
 
@@ -181,6 +214,8 @@ def build(name: str, ctx: Context, key: jax.Array) -> Built:
   x, y = jnp.asarray(ctx.example['x']), jnp.asarray(ctx.example['y'])
   key = _key(ctx, key)
   enc, gen, lat = ctx.models(config, None)
+  if base not in COMMON_GENERATOR:
+    gen = peer_generator(gen, config)
   tx_hg = optim.from_config(config.train, config.train.lr)
   if base == 'l1':
     state = regression.RegressionState.create(key, x, encoder=enc, generator=gen, tx=tx_hg,
@@ -232,7 +267,9 @@ def build(name: str, ctx: Context, key: jax.Array) -> Built:
     if base == 'basisgan':
       if ctx.basis_generator is None:
         raise ValueError(f'task {ctx.name!r} does not offer basisgan')
-      gen = ctx.basis_generator(enc, x)
+      enc, gen = ctx.basis_generator(enc, x, basis_latents_per_layer(config, extra))
+      gen = peer_generator(gen, config)
+      z_dim = basis_lib.noise_dim(enc, gen, x)  # the latents of every basis generator
     hp = peers.GANHyper(z_dim=z_dim, recon_weight=g.recon_weight, diversity=extra,
                         diversity_weight=_div_weight(config))
     tx = _gan_optimizer(config)
@@ -289,6 +326,7 @@ def _build_mrgan(name, extra, ctx, key, enc, gen, disc, x, y) -> Built:
     p_config = config.copy_and_resolve_references()
     p_config.model.out_activation = 'none'
     p_enc, p_gen, _ = ctx.models(p_config, 2 * int(y.shape[-1]))
+    p_gen = peer_generator(p_gen, config)
     predictor = mr_lib.Predictor(p_enc, p_gen, centre_activation=config.model.out_activation)
     pred_state = peers.PredictorState.create(k_pred, x, predictor=predictor, dist=m.dist,
                                              tx=tx, input_norm=norm,
