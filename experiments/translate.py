@@ -11,9 +11,10 @@
 Default: the offline facades (train = 360 of the 400 train pairs, test = the official 106).
 A pix2pix folder is read as PATH/<split> when such a subfolder exists (train/, test/).
 
-`:paper` is pix2pix's facades setting: the released 256x256 pairs (facades.tar.gz unpacked;
-TFDS has no facades), its U-Net widths down to 1x1, 200 epochs. The paper names facades but
-gives no image size, widths or epochs; we follow pix2pix (docs/training.md#paper-scale-configs).
+`:paper` is pix2pix's facades setting: the released 256x256 pairs (facades.tar.gz unpacked
+to <data folder>/pix2pix/facades, or pix2pix:PATH; TFDS has no facades), its U-Net widths
+down to 1x1, 200 epochs. The paper names facades but gives no image size, widths or epochs;
+we follow pix2pix (docs/training.md#paper-scale-configs).
 """
 
 import ml_collections
