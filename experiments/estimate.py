@@ -41,9 +41,6 @@ from cgml_jax.tasks import image
 from cgml_jax.tasks import methods as methods_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
-                                lock_config=True)
-flags.DEFINE_string('out', '', 'Write the estimate as JSON here (and print it).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,5 +201,14 @@ def main(argv):
   print(text)
 
 
+def define_flags():
+  """The command's flags; defined only when it runs, so that tests can import this module
+  next to other commands that also define --config."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
+                                  lock_config=True)
+  flags.DEFINE_string('out', '', 'Write the estimate as JSON here (and print it).')
+
+
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
