@@ -304,6 +304,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _int(config, 'data.num_test', 0 if task == 'spectral3d' else 1)
   _int(config, 'data.num_threads', 1)
   _int(config, 'data.channels', 1)
+  _int(config, 'data.center_crop', 0)
 
   # Model.
   _int(config, 'model.z_dim', 1)

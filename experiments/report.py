@@ -13,7 +13,9 @@ in a Markdown file:
   <!-- /report -->
 
 KIND names a table function below; PATTERN is a comma-separated list of globs of run
-sets under results/ (e.g. `toy/paper_*,toy/best_*`). Nothing between the markers is typed by hand.
+sets under results/ (e.g. `toy/paper_*,toy/best_*`); for `estimate` tables, of the file
+names in results/estimates/ (written by `python -m experiments.estimate --out=...`).
+Nothing between the markers is typed by hand.
 """
 
 from __future__ import annotations
@@ -222,18 +224,59 @@ def colorize_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
+def load_estimates(root: str = RESULTS) -> dict[str, dict]:
+  """{name: estimate} of every results/estimates/<name>.json (`experiments.estimate`)."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(root, 'estimates', '*.json'))):
+    with open(path) as f:
+      out[os.path.splitext(os.path.basename(path))[0]] = json.load(f)
+  return out
+
+
+def _hours(h: float) -> str:
+  return f'{h * 60:.0f} min' if h < 1 else f'{h:.1f} h' if h < 100 else f'{h / 24:.0f} days'
+
+
+def estimate_table(estimates: dict) -> str:
+  """Training-time estimates per device type, with the assumptions they rest on."""
+  first = next(iter(estimates.values()))
+  names = [d['name'] for d in first['devices']]
+  methods = ' + '.join(first['methods'])
+  head = (f'| config | data | size, batch × steps | TFLOP per step ({methods}) | total PFLOP | '
+          + ' | '.join(names) + ' |')
+  lines = [head, '|' + '---|' * (5 + len(names))]
+  for e in estimates.values():
+    per_step = ' + '.join(f"{m['flops_per_step'] / 1e12:.2f}" for m in e['methods'].values())
+    hours = {d['name']: _hours(d['hours']) for d in e['devices']}
+    lines.append(f"| `{e['config']}` | {e['data']} | {e['image_size']}², {e['batch_size']} × "
+                 f"{e['steps']:,}, l = {e['inner_steps']} | {per_step} | "
+                 f"{e['flops_total'] / 1e15:.1f} | "
+                 + ' | '.join(hours.get(n, '') for n in names) + ' |')
+  lines.append('')
+  lines.append('Assumed per device (peak of one device or chip × utilisation): '
+               + '; '.join(f"{d['name']}: {d['peak'] / 1e12:g} TFLOP/s {d['precision']} "
+                           f"× {d['utilisation']:g}" for d in first['devices']) + '.')
+  lines.append(f"FLOPs: {first['flop_source']}. Counted: {first['counted']}.")
+  return '\n'.join(lines)
+
+
 TABLES = {'toy': toy_table, 'image': image_table, 'readme': readme_table,
-          'colorize': colorize_table}
+          'colorize': colorize_table, 'estimate': estimate_table}
+# Tables that read results/estimates/*.json instead of the run sets.
+ESTIMATE_TABLES = ('estimate',)
 
 
-def render(text: str, results: dict, doc_path: str) -> str:
-  """`text` with every marked table regenerated."""
+def render(text: str, results: dict, doc_path: str, estimates: dict | None = None) -> str:
+  """`text` with every marked table regenerated (estimates: default `load_estimates()`)."""
   def repl(match):
+    nonlocal estimates
     kind, pattern = match.group(2), match.group(3)
     if kind not in TABLES:
       raise ValueError(f'{doc_path}: unknown report table {kind!r}; expected one of '
                        f'{sorted(TABLES)}')
-    chosen = select(results, pattern)
+    if kind in ESTIMATE_TABLES and estimates is None:
+      estimates = load_estimates()
+    chosen = select(estimates if kind in ESTIMATE_TABLES else results, pattern)
     body = TABLES[kind](chosen) if chosen else '*No result files match yet.*'
     return match.group(1) + body + '\n' + match.group(5)
   return MARKER.sub(repl, text)

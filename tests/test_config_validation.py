@@ -40,6 +40,7 @@ CASES = [
     (colorize, 'smoke', 'checkpoint.every', 0, 'config.checkpoint.every'),
     (colorize, 'smoke', 'task', 'colourise', "'colorize'"),
     (complete, 'smoke', 'eval.protocols', ('area25', 'square'), "'area10'"),
+    (complete, 'paper', 'data.center_crop', -1, 'config.data.center_crop = -1'),
     (toy, 'smoke', 'data.batch_size', -3, 'config.data.batch_size = -3'),
     (toy, 'smoke', 'train.generator_update', 'first', "('every', 'last')"),
     (spectral3d, 'smoke', 'train.steps', 0, 'config.train.steps = 0'),
@@ -68,8 +69,8 @@ def test_bad_field_is_one_line_config_error(tmp_path, module, variant, field, va
   assert not workdir.exists()  # nothing was started
 
 
-VARIANTS = {'colorize': (None, 'smoke'), 'complete': (None, 'cpu', 'smoke'),
-            'translate': (None, 'cpu', 'smoke'), 'toy': (None, 'smoke', 'paper', 'best'),
+VARIANTS = {'colorize': (None, 'smoke', 'paper'), 'complete': (None, 'cpu', 'smoke', 'paper'),
+            'translate': (None, 'cpu', 'smoke', 'paper'), 'toy': (None, 'smoke', 'paper', 'best'),
             'spectral3d': (None, 'smoke'), 'mnist_corrupted': (None, 'box', 'smoke'),
             'compare_mnist': (None, 'box', 'smoke'), 'compare_facades': (None, 'cpu', 'smoke')}
 

@@ -15,9 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, 'notebooks')
 
 
-@pytest.mark.parametrize('name,min_images', [('quickstart.ipynb', 2), ('toy.ipynb', 2)])
-def test_notebook_runs(monkeypatch, name, min_images):
+@pytest.mark.parametrize('name,min_images,no_data', [
+    ('quickstart.ipynb', 2, False), ('toy.ipynb', 2, False), ('comparison.ipynb', 2, False),
+    # As on Colab: no data folder, so the shapes are generated instead of ModelNet10's.
+    ('spectral3d.ipynb', 2, True)])
+def test_notebook_runs(monkeypatch, tmp_path, name, min_images, no_data):
   monkeypatch.setenv('CGML_NOTEBOOK_SMOKE', '1')
+  if no_data:
+    monkeypatch.setenv('CGML_DATA_DIR', str(tmp_path / 'no_data_folder'))
   monkeypatch.setenv('PYTHONPATH', ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
   nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
   client = NotebookClient(nb, timeout=170, kernel_name='python3',

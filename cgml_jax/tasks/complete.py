@@ -49,7 +49,8 @@ def mask_fn(config, protocol: str | None):
 def transform(config, protocol=None):
   """uint8 image -> {'x': masked image + mask channel, 'y': image, 'mask'}."""
   key = config.data.image_key
-  steps = [image.resize(config.data.image_size, (key,)), transforms.to_float((key,))]
+  crop = int(config.data.get('center_crop', 0))
+  steps = [image.resize(config.data.image_size, (key,), crop), transforms.to_float((key,))]
   if protocol is None and config.data.get('flip', False):
     steps.insert(1, transforms.random_flip((key,)))
   return transforms.compose(*steps, transforms.completion(mask_fn(config, protocol), key=key))

@@ -215,14 +215,26 @@ def default_source(config, split: str):
   return data_lib.load_source(name, split, data_dir=d.data_dir or None, **kwargs)
 
 
-def resize(size: int, keys: Sequence[str] = ('image',)) -> Transform:
-  """uint8 images of another size -> (size, size) with PIL bicubic (no-op if already)."""
+def resize(size: int, keys: Sequence[str] = ('image',), center_crop: int = 0) -> Transform:
+  """uint8 images of another size -> (size, size) with PIL bicubic (no-op if already).
+
+  Args:
+    size: output side S.
+    keys: the example keys holding images.
+    center_crop: if > 0, first cut the centred min(center_crop, H, W) square (e.g. 140
+      for CelebA's 218x178 faces, the usual crop), so non-square images keep their aspect.
+  """
   def fn(example, rng):
     del rng
     out = dict(example)
     for k in keys:
       img = np.asarray(example[k])
+      if center_crop > 0:
+        side = min(center_crop, img.shape[0], img.shape[1])
+        top, left = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
+        img = img[top:top + side, left:left + side]
       if img.shape[:2] == (size, size):
+        out[k] = img
         continue
       from PIL import Image
       grey = img.ndim == 3 and img.shape[-1] == 1
