@@ -10,9 +10,9 @@ example from a prior, so every input has M known answers (cgml_jax/tasks/colour_
 
 The default draws embedded shapes (no files) and trains L1 and cGML as the paper writes
 it; `best` picks each batch's z_0 as the best of 16 sphere points (not in the paper);
-`mnist` reads the offline digits from $CGML_DATA_DIR. Besides the generic image metrics, metrics.json's
-'task_metrics' holds the known-mode metrics (coverage, phantom_rate, mode_frequency_error,
-fidelity) per method.
+`mnist` reads the offline digits from $CGML_DATA_DIR. Besides the generic image metrics,
+metrics.json's 'task_metrics' holds the known-mode metrics (coverage, phantom_rate,
+mode_frequency_error, fidelity) per method.
 """
 
 import ml_collections
