@@ -197,6 +197,27 @@ def l1_error(y_hat: jax.Array, batch: dict) -> jax.Array:
   return diff.reshape(diff.shape[0], -1).mean(axis=1)
 
 
+def l2_error(y_hat: jax.Array, batch: dict) -> jax.Array:
+  r"""Mean squared error per example; masked (Context Encoder's L_rec, Pathak et al. 2016,
+  Eq. 1) when the batch has a mask.
+
+  ||M ⊙ (y - y_hat)||^2 averaged over the masked elements, with M = batch['mask'] (1 in
+  the hole, broadcastable to y) when present, else over all elements.
+
+  Returns:
+    (B,) per-example errors.
+  """
+  sq = jnp.square(y_hat - batch['y'])
+  if 'mask' not in batch:
+    return sq.reshape(sq.shape[0], -1).mean(axis=1)
+  mask = jnp.broadcast_to(batch['mask'], sq.shape).astype(sq.dtype)
+  num = (sq * mask).reshape(sq.shape[0], -1).sum(axis=1)
+  return num / jnp.maximum(mask.reshape(sq.shape[0], -1).sum(axis=1), 1.0)
+
+
+ERRORS = {'l1': l1_error, 'l2': l2_error}  # E by name (config `loss.error`)
+
+
 # ---------------------------------------------------------------------------------------
 # Train state.
 

@@ -335,6 +335,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _num(config, 'data.mask_min', 0.0, 1.0)
     _num(config, 'data.mask_max', 0.0, 1.0)
 
+  _choice(config, 'loss.error', ('l1', 'l2'))  # cgml.ERRORS (not imported: keep this light)
+
   # Peers.
   _num(config, 'gan.lr', 0.0)
   _int(config, 'gan.disc_features', 1)

@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.mask_max = 14
   c.data.batch_size = 32
 
+  c.loss = ml_collections.ConfigDict()
+  c.loss.error = 'l1'           # E on the hole: 'l1' (masked mean |y_hat - y|) or 'l2'
+
   c.model.base_channels = 16
   c.model.max_channels = 64
   c.model.bottleneck_size = 4

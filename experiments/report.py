@@ -147,6 +147,12 @@ def _headline(m_by_seed: dict[int, dict]) -> str:
     runs = [m['methods'][method] for m in m_by_seed.values() if method in m['methods']]
     return (f"{names.get(method, method)} coverage {mean_std([r['coverage'] for r in runs])}, "
             f"phantom {mean_std([r['phantom_rate'] for r in runs])}")
+  if 'task_metrics' in first:  # known-mode benchmarks: the cGML row, else the first one
+    method = 'cgml' if 'cgml' in first['task_metrics'] else next(iter(first['task_metrics']))
+    runs = [m['task_metrics'][method] for m in m_by_seed.values()]
+    return (f"{METHOD_NAMES.get(method, method)} coverage "
+            f"{mean_std([r['coverage'] for r in runs])}, phantom "
+            f"{mean_std([r['phantom_rate'] for r in runs])}")
   if 'eval' in first:
     protocol = next(iter(first['eval']))
     parts = []
@@ -159,7 +165,8 @@ def _headline(m_by_seed: dict[int, dict]) -> str:
   return ''
 
 
-DOC_OF = {'toy': 'docs/toy.md', 'colorize': 'docs/colorize.md'}
+DOC_OF = {'toy': 'docs/toy.md', 'colorize': 'docs/colorize.md',
+          'colour_modes': 'docs/multimodality.md', 'mnist_corrupted': 'docs/multimodality.md'}
 
 
 def readme_table(results: dict) -> str:
@@ -224,6 +231,7 @@ def colorize_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
+<<<<<<< HEAD
 def load_estimates(root: str = RESULTS) -> dict[str, dict]:
   """{name: estimate} of every results/estimates/<name>.json (`experiments.estimate`)."""
   out = {}
@@ -264,6 +272,45 @@ TABLES = {'toy': toy_table, 'image': image_table, 'readme': readme_table,
           'colorize': colorize_table, 'estimate': estimate_table}
 # Tables that read results/estimates/*.json instead of the run sets.
 ESTIMATE_TABLES = ('estimate',)
+=======
+MODES_TARGET = (0.90, 0.10, 0.10)  # coverage >=, phantom rate <=, frequency error <=
+MODES_COLUMNS = (('coverage', '.3f'), ('phantom_rate', '.3f'), ('mode_frequency_error', '.3f'),
+                 ('fidelity', '.4f'), ('fidelity_nearest', '.4f'))
+METHOD_NAMES = {'l1': 'L1 regression', 'cgml_no_rho': 'cGML w/o ρ', 'cgml': 'cGML with ρ'}
+
+
+def modes_table(results: dict) -> str:
+  """Known-mode image benchmarks (metrics.json 'task_metrics'): per run set, one row per
+  method with coverage / phantom / frequency error per seed, mean ± std of each known-mode
+  metric, and the seeds meeting coverage >= 0.90, phantom <= 0.10 and error <= 0.10."""
+  lines = []
+  for run_set, seeds in results.items():
+    order = sorted(seeds)
+    first = seeds[order[0]]
+    c = _config(first)
+    lines += [f"**{run_set}** ({c.get('task', '')}, E = {c.get('loss', {}).get('error', 'l1')}"
+              f', K = {c.get("eval", {}).get("num_samples")}; cells: coverage / phantom / '
+              'frequency error)', '',
+              '| method | ' + ' | '.join(f'seed {s}' for s in order) + ' | '
+              + ' | '.join(k for k, _ in MODES_COLUMNS) + ' | seeds meeting target |',
+              '|---|' + '---|' * (len(order) + len(MODES_COLUMNS) + 1)]
+    for method in first['task_metrics']:
+      runs = [seeds[s]['task_metrics'][method] for s in order]
+      cells = ' | '.join(f"{r['coverage']:.3f} / {r['phantom_rate']:.3f} / "
+                         f"{r['mode_frequency_error']:.3f}" for r in runs)
+      stats = ' | '.join(_mean_std_fmt([r.get(k) if r.get(k) == r.get(k) else None
+                                        for r in runs], fmt) for k, fmt in MODES_COLUMNS)
+      met = sum(r['coverage'] >= MODES_TARGET[0] and r['phantom_rate'] <= MODES_TARGET[1]
+                and r['mode_frequency_error'] <= MODES_TARGET[2] for r in runs)
+      lines.append(f'| {METHOD_NAMES.get(method, method)} | {cells} | {stats} | '
+                   f'{met} of {len(order)} |')
+    lines.append('')
+  return '\n'.join(lines).rstrip('\n')
+
+
+TABLES = {'toy': toy_table, 'image': image_table, 'readme': readme_table,
+          'colorize': colorize_table, 'modes': modes_table}
+>>>>>>> modes2
 
 
 def render(text: str, results: dict, doc_path: str, estimates: dict | None = None) -> str:

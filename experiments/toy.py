@@ -28,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_test = 200        # held-out x ~ U[-1, 1]
   c.data.batch_size = 256
 
+  c.loss = ml_collections.ConfigDict()
+  c.loss.error = 'l1'           # E: 'l1' (mean |y_hat - y|) or 'l2' (mean squared)
+
   c.model.width = 128          # hidden width of the three-layer MLPs H, G, Z
   c.model.depth = 3
   c.model.h_dim = 64           # size of h = H(x)

@@ -41,6 +41,7 @@ CASES = [
     (colorize, 'smoke', 'task', 'colourise', "'colorize'"),
     (complete, 'smoke', 'eval.protocols', ('area25', 'square'), "'area10'"),
     (complete, 'paper', 'data.center_crop', -1, 'config.data.center_crop = -1'),
+    (toy, 'smoke', 'loss.error', 'l3', "('l1', 'l2')"),
     (toy, 'smoke', 'data.batch_size', -3, 'config.data.batch_size = -3'),
     (toy, 'smoke', 'train.generator_update', 'first', "('every', 'last')"),
     (spectral3d, 'smoke', 'train.steps', 0, 'config.train.steps = 0'),

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgml_jax import losses
+from cgml_jax import cgml, losses
 
 
 def test_masked_l1_matches_numpy():
@@ -192,3 +192,13 @@ def test_colorfulness_is_output_chroma_over_true_chroma():
   np.testing.assert_allclose(s['chroma'], [15, 5], rtol=1e-6)
   summary = {k: float(v.mean()) for k, v in s.items()}
   np.testing.assert_allclose(colorize.colorfulness(summary)['colorfulness'], 0.5)
+
+
+def test_errors_by_name_match_hand_computation():
+  y = jnp.array([[[0.0, 1.0], [2.0, -1.0]]])           # (1, 2, 2)
+  y_hat = jnp.array([[[1.0, 1.0], [0.0, 0.0]]])
+  batch = {'y': y}
+  np.testing.assert_allclose(cgml.ERRORS['l1'](y_hat, batch), [(1 + 0 + 2 + 1) / 4])
+  np.testing.assert_allclose(cgml.ERRORS['l2'](y_hat, batch), [(1 + 0 + 4 + 1) / 4])
+  mask = jnp.array([[[1.0, 0.0], [1.0, 0.0]]])          # only the first column counts
+  np.testing.assert_allclose(cgml.l2_error(y_hat, {'y': y, 'mask': mask}), [(1 + 4) / 2])

@@ -46,7 +46,7 @@ import optax
 from flax import struct
 
 from cgml_jax import regression
-from cgml_jax.cgml import LossFn, apply_module, hg_params, l1_error, repeat_batch
+from cgml_jax.cgml import LossFn, apply_module, hg_params, l1_error, l2_error, repeat_batch
 from cgml_jax.peers import diversity as div_lib
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.peers import mrgan as mr_lib
@@ -69,27 +69,6 @@ def l1_sample(state: RegressionState, x: jax.Array, key: jax.Array,
   del key
   y = regression.predict(state, x)
   return jnp.repeat(y[:, None], num_samples, axis=1)
-
-
-# ---------------------------------------------------------------------------------------
-# Reconstruction errors (per example, like cgml's E).
-
-
-def l2_error(y_hat: jax.Array, batch: dict) -> jax.Array:
-  r"""Context Encoder's L_rec (Pathak et al. 2016, Eq. 1): masked mean squared error.
-
-  ||M ⊙ (y - y_hat)||^2 averaged over the masked elements, with M = batch['mask'] (1 in
-  the hole, broadcastable to y) when present, else over all elements.
-
-  Returns:
-    (B,) per-example errors.
-  """
-  sq = jnp.square(y_hat - batch['y'])
-  if 'mask' not in batch:
-    return sq.reshape(sq.shape[0], -1).mean(axis=1)
-  mask = jnp.broadcast_to(batch['mask'], sq.shape).astype(sq.dtype)
-  num = (sq * mask).reshape(sq.shape[0], -1).sum(axis=1)
-  return num / jnp.maximum(mask.reshape(sq.shape[0], -1).sum(axis=1), 1.0)
 
 
 def adam_gan_optimizer(lr: float = 2e-4, b1: float = 0.5,

@@ -201,8 +201,8 @@ def transform(config, protocol=None):
 
 
 def _loss_fn(config):
-  del config
-  return cgml.l1_error
+  """E of every method, by `loss.error` (cgml.ERRORS): 'l1' or 'l2' (mean squared)."""
+  return cgml.ERRORS[config.loss.error]
 
 
 def _to_image(x, y):

@@ -45,7 +45,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from cgml_jax import losses
+from cgml_jax import cgml, losses
 from cgml_jax.data import load_source
 from cgml_jax.metrics import modes as modes_lib
 from cgml_jax.tasks import complete, image
@@ -213,8 +213,15 @@ def _input_image(x):
   return x[..., :1]
 
 
+def _loss_fn(config):
+  """E on the hole: `loss.error` 'l1' (losses.masked_l1, the default) or 'l2' (the
+  masked mean squared error, cgml.l2_error)."""
+  error = config.get('loss', {}).get('error', 'l1')
+  return losses.masked_l1 if error == 'l1' else cgml.ERRORS[error]
+
+
 TASK = image.ImageTask(name='mnist_corrupted', in_channels=2, out_channels=1,
-                       transform=transform, loss_fn=lambda config: losses.masked_l1,
+                       transform=transform, loss_fn=_loss_fn,
                        to_image=complete.to_image, input_image=_input_image, source=_source,
                        extra_eval=extra_eval)
 
