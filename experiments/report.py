@@ -231,7 +231,6 @@ def colorize_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
-<<<<<<< HEAD
 def load_estimates(root: str = RESULTS) -> dict[str, dict]:
   """{name: estimate} of every results/estimates/<name>.json (`experiments.estimate`)."""
   out = {}
@@ -268,11 +267,6 @@ def estimate_table(estimates: dict) -> str:
   return '\n'.join(lines)
 
 
-TABLES = {'toy': toy_table, 'image': image_table, 'readme': readme_table,
-          'colorize': colorize_table, 'estimate': estimate_table}
-# Tables that read results/estimates/*.json instead of the run sets.
-ESTIMATE_TABLES = ('estimate',)
-=======
 MODES_TARGET = (0.90, 0.10, 0.10)  # coverage >=, phantom rate <=, frequency error <=
 MODES_COLUMNS = (('coverage', '.3f'), ('phantom_rate', '.3f'), ('mode_frequency_error', '.3f'),
                  ('fidelity', '.4f'), ('fidelity_nearest', '.4f'))
@@ -309,8 +303,9 @@ def modes_table(results: dict) -> str:
 
 
 TABLES = {'toy': toy_table, 'image': image_table, 'readme': readme_table,
-          'colorize': colorize_table, 'modes': modes_table}
->>>>>>> modes2
+          'colorize': colorize_table, 'estimate': estimate_table, 'modes': modes_table}
+# Tables that read results/estimates/*.json instead of the run sets.
+ESTIMATE_TABLES = ('estimate',)
 
 
 def render(text: str, results: dict, doc_path: str, estimates: dict | None = None) -> str:
