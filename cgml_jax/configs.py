@@ -68,6 +68,9 @@ def base(task: str, methods: tuple[str, ...] = ('l1', 'cgml')) -> ml_collections
   c.latent.use_momentum = True  # False = the "w/o rho" ablation (also method cgml_no_rho)
   c.latent.traverse_steps = 20  # T of Eq. 4 at inference
   c.latent.clip_step = False   # not in the paper: Eq. 4 steps min(rho_hat, ||r_hat - z||)
+  # Z's L1 (Algorithm 1, step 3): 'split' = mean|r_hat - z'| + mean|rho_hat - rho|;
+  # 'joint' = one mean over the (n + 1)-vector (z', rho), as the paper writes it.
+  c.latent.z_loss = 'split'
   # Multimodality options, not in the paper (cgml.Hyper); these defaults are the paper's.
   c.latent.init_candidates = 1  # z_0 = best of N random sphere points by E (1 = random)
   c.latent.target = 'next'     # Z fitted to the next z ('next') or the descent's 'end'
@@ -260,6 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _int(config, 'latent.traverse_steps', 0)
   _int(config, 'latent.init_candidates', 1)
   _choice(config, 'latent.target', cgml.LATENT_TARGETS)
+  _choice(config, 'latent.z_loss', cgml.Z_LOSSES)
   _num(config, 'latent.redraw_rho', 0.0, lo_open=False)
   _int(config, 'latent.redraw_rounds', 0)
 

@@ -42,6 +42,7 @@ CASES = [
     (complete, 'smoke', 'eval.protocols', ('area25', 'square'), "'area10'"),
     (toy, 'smoke', 'data.batch_size', -3, 'config.data.batch_size = -3'),
     (toy, 'smoke', 'train.generator_update', 'first', "('every', 'last')"),
+    (toy, 'smoke', 'latent.z_loss', 'sum', "('split', 'joint')"),
     (spectral3d, 'smoke', 'train.steps', 0, 'config.train.steps = 0'),
 ]
 

@@ -37,11 +37,13 @@ def test_every_latent_option_works_on_every_task(name):
   config.latent.init = 'persistent'
   config.train.unroll = False
   config.train.generator_update = 'last'
+  config.latent.z_loss = 'joint'
   hp = methods_lib.hyper(config, 'cgml')
   assert hp == cgml.Hyper(z_dim=config.model.z_dim, step_size=config.latent.step_size,
                           alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
                           use_momentum=True, generator_update='last', latent_init='persistent',
-                          clip_step=True, step_size_decay=0.5, unroll=False)
+                          clip_step=True, step_size_decay=0.5, unroll=False,
+                          z_loss='joint')
   assert not methods_lib.hyper(config, 'cgml_no_rho').use_momentum
 
 
