@@ -119,6 +119,9 @@ def add_peer_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.gan.disc_max_features = 512  # CE discriminator: widest layer
   c.gan.recon_weight = 100.0   # pix2pix / BasisGAN lambda on the task's E
   c.gan.diversity_weight = -1.0  # DSGAN / MSGAN lambda; < 0 = that paper's default
+  # model.norm of the Context Encoder peer's H and G: 'batch', as in Pathak et al.'s
+  # encoder and decoder, or 'none' (then it shares cGML's H and G exactly)
+  c.gan.context_encoder_norm = 'batch'
 
   c.basisgan = ml_collections.ConfigDict()
   c.basisgan.num_bases = 5
@@ -283,6 +286,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _int(config, 'model.z_dim', 1)
   _choice(config, 'model.impl', layers.IMPLS)
   _choice(config, 'model.z_injection', conv.Z_INJECTIONS)
+  _choice(config, 'model.norm', conv.NORMS)
   _choice(config, 'model.out_activation', ('tanh', 'sigmoid', 'none'))
   for f in ('base_channels', 'max_channels', 'bottleneck_size', 'width', 'depth', 'h_dim'):
     _int(config, f'model.{f}', 1)
@@ -310,6 +314,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   # Peers.
   _num(config, 'gan.lr', 0.0)
+  _choice(config, 'gan.context_encoder_norm', conv.NORMS)
   _int(config, 'gan.disc_features', 1)
   _num(config, 'mrgan.lr', 0.0)
   if _get(config, 'mrgan.loss') is not _MISSING:

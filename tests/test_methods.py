@@ -153,3 +153,31 @@ def test_package_exports_its_public_surface_lazily():
 def cgml_jax_version():
   import cgml_jax
   return cgml_jax.__version__
+
+
+def test_model_norm_reaches_h_and_g_and_the_context_encoder_has_batchnorm():
+  """model.norm='batch' puts BatchNorm into H and G; the Context Encoder peer has it by
+  default (gan.context_encoder_norm, Pathak et al.'s backbone), and its GAN step moves the
+  running averages."""
+  from cgml_jax.tasks import mnist_corrupted
+  config = importlib.import_module('experiments.compare_mnist').get_config('smoke')
+  ctx = image.method_context(mnist_corrupted.TASK, config)
+  key = jax.random.key(0)
+
+  def norms(state, part):
+    return sorted(k for k in state.stats[part].get('batch_stats', {}) if k.startswith('norm_'))
+
+  ce = methods_lib.build('context_encoder', ctx, key)
+  assert norms(ce.state, 'encoder') and norms(ce.state, 'generator')
+  new, m = jax.jit(ce.step_fn)(ce.state, ctx.example, key)
+  assert np.isfinite(float(m['g_loss']))
+  k = norms(ce.state, 'generator')[0]
+  assert not np.allclose(new.stats['generator']['batch_stats'][k]['mean'],
+                         ce.state.stats['generator']['batch_stats'][k]['mean'])
+  cg = methods_lib.build('cgml', ctx, key).state
+  assert not norms(cg, 'encoder') and not norms(cg, 'generator')  # model.norm = 'none'
+  config.gan.context_encoder_norm = 'none'
+  assert not norms(methods_lib.build('context_encoder', ctx, key).state, 'generator')
+  config.model.norm = 'batch'
+  cg = methods_lib.build('cgml', ctx, key).state
+  assert norms(cg, 'encoder') and norms(cg, 'generator')
