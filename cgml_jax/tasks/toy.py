@@ -263,7 +263,8 @@ def plot(workdir: str, x: np.ndarray, samples: dict, modes: np.ndarray, rho: np.
     plt.close(fig)
   if rho_xy is not None:
     xs, edges, rmap = rho_xy
-    fig, axes = plt.subplots(1, len(rmap), figsize=(4 * len(rmap), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(rmap), figsize=(4 * len(rmap), 3.5), squeeze=False,
+                             constrained_layout=True)
     vmax = np.nanmax(rmap) if np.isfinite(rmap).any() else 1.0
     for d, ax in enumerate(axes[0]):
       im = ax.imshow(rmap[d], aspect='auto', origin='lower', cmap='viridis', vmin=0, vmax=vmax,
