@@ -68,6 +68,7 @@ _EPS = 1e-8
 GENERATOR_UPDATES = ('every', 'last')
 LATENT_INITS = ('random', 'persistent')
 LATENT_TARGETS = ('next', 'end')
+Z_LOSSES = ('split', 'joint')
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,18 +146,38 @@ def rho_target(z: jax.Array, z_next: jax.Array, alpha: float) -> jax.Array:
 
 
 def latent_loss(r_hat: jax.Array, rho_hat: jax.Array, z_next: jax.Array, rho: jax.Array,
-                use_momentum: bool = True) -> jax.Array:
+                use_momentum: bool = True, form: str = 'split') -> jax.Array:
   r"""Algorithm 1, step 3: L1 between Z(z, h) = (r_hat, rho_hat) and the targets (z', rho).
 
-  Without momentum (the "w/o rho" ablation) only r_hat is fitted.
+  Two forms, equal up to how the n + 1 entries are weighted:
+    'split': mean |r_hat - z'| + mean |rho_hat - rho|, the mean over the n coordinates of
+      r_hat plus the mean over rho; rho then weighs as much as all of r_hat together.
+    'joint': the paper's one L1 over the (n + 1)-vector (z', rho) (Algorithm 1, step 3),
+      as a mean over the n + 1 entries: (sum_i |r_hat_i - z'_i| + |rho_hat - rho|) / (n + 1),
+      averaged over the batch; rho weighs as one coordinate.
+  Without momentum (the "w/o rho" ablation) only r_hat is fitted, and both forms are the
+  mean |r_hat - z'|.
+
+  Args:
+    r_hat: (B, n) predicted next latents.
+    rho_hat: (B,) predicted step lengths.
+    z_next: (B, n) targets z'.
+    rho: (B,) targets rho.
+    use_momentum: False for the "w/o rho" ablation.
+    form: 'split' or 'joint' (see above).
 
   Returns:
-    Scalar mean |r_hat - z'| (+ mean |rho_hat - rho|).
+    Scalar loss.
   """
-  loss = jnp.mean(jnp.abs(r_hat - z_next))
-  if use_momentum:
-    loss = loss + jnp.mean(jnp.abs(rho_hat - rho))
-  return loss
+  if form not in Z_LOSSES:
+    raise ValueError(f'form must be one of {Z_LOSSES}, got {form!r}')
+  r_err = jnp.abs(r_hat - z_next)
+  if not use_momentum:
+    return jnp.mean(r_err)
+  rho_err = jnp.abs(rho_hat - rho)
+  if form == 'joint':
+    return jnp.mean((r_err.sum(axis=-1) + rho_err) / (r_err.shape[-1] + 1))
+  return jnp.mean(r_err) + jnp.mean(rho_err)
 
 
 def eq4_step(z: jax.Array, r_hat: jax.Array, rho_hat: jax.Array,
@@ -256,6 +277,9 @@ class Hyper:
       this is redrawn from a new z_0, up to `redraw_rounds` times: Z is trained towards
       rest (small rho) at the modes, so a large final rho_hat marks a phantom.
     redraw_rounds: how many times `sample` redraws the high-rho_hat samples.
+    z_loss: Z's L1 of step 3, 'split' (mean over r_hat plus mean over rho, the default:
+      measured on the toy, docs/toy.md) or 'joint' (one mean over the (n + 1)-vector
+      (z', rho) as the paper writes it); see `latent_loss`.
   """
   z_dim: int
   step_size: float = 1.0
@@ -271,6 +295,7 @@ class Hyper:
   latent_target: str = 'next'
   redraw_rho: float = 0.0
   redraw_rounds: int = 0
+  z_loss: str = 'split'
 
   def __post_init__(self):
     if self.z_dim < 1:
@@ -291,6 +316,8 @@ class Hyper:
     if self.latent_target not in LATENT_TARGETS:
       raise ValueError(f'latent_target must be one of {LATENT_TARGETS}, '
                        f'got {self.latent_target!r}')
+    if self.z_loss not in Z_LOSSES:
+      raise ValueError(f'z_loss must be one of {Z_LOSSES}, got {self.z_loss!r}')
     if self.redraw_rho < 0 or self.redraw_rounds < 0:
       raise ValueError(f'redraw_rho and redraw_rounds must be >= 0, got {self.redraw_rho}, '
                        f'{self.redraw_rounds}')
@@ -652,7 +679,8 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
     def z_loss(params_lat):
       (r_hat, rho_hat), lat_stats = apply_module(state.latent_net, params_lat,
                                                  stats['latent'], z, hg.h, train=True)
-      return latent_loss(r_hat, rho_hat, z_target, rho, hp.use_momentum), (lat_stats, rho_hat)
+      return (latent_loss(r_hat, rho_hat, z_target, rho, hp.use_momentum, hp.z_loss),
+              (lat_stats, rho_hat))
 
     (loss_z, (lat_stats, rho_hat)), grads = jax.value_and_grad(z_loss, has_aux=True)(
         params['latent'])

@@ -68,6 +68,9 @@ def base(task: str, methods: tuple[str, ...] = ('l1', 'cgml')) -> ml_collections
   c.latent.use_momentum = True  # False = the "w/o rho" ablation (also method cgml_no_rho)
   c.latent.traverse_steps = 20  # T of Eq. 4 at inference
   c.latent.clip_step = False   # not in the paper: Eq. 4 steps min(rho_hat, ||r_hat - z||)
+  # Z's L1 (Algorithm 1, step 3): 'split' = mean|r_hat - z'| + mean|rho_hat - rho|;
+  # 'joint' = one mean over the (n + 1)-vector (z', rho), as the paper writes it.
+  c.latent.z_loss = 'split'
   # Multimodality options, not in the paper (cgml.Hyper); these defaults are the paper's.
   c.latent.init_candidates = 1  # z_0 = best of N random sphere points by E (1 = random)
   c.latent.target = 'next'     # Z fitted to the next z ('next') or the descent's 'end'
@@ -119,6 +122,9 @@ def add_peer_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # cGML's spectral norm (constant model.lipschitz) on every peer's G. None of the peers'
   # papers constrains G so; cGML's own G and Z always have it.
   c.gan.generator_spectral_norm = False
+  # model.norm of the Context Encoder peer's H and G: 'batch', as in Pathak et al.'s
+  # encoder and decoder, or 'none' (then it shares cGML's H and G exactly)
+  c.gan.context_encoder_norm = 'batch'
 
   # BasisGAN (Wang et al. 2020; cgml_jax.peers.basisgan).
   c.basisgan = ml_collections.ConfigDict()
@@ -290,6 +296,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _int(config, 'latent.traverse_steps', 0)
   _int(config, 'latent.init_candidates', 1)
   _choice(config, 'latent.target', cgml.LATENT_TARGETS)
+  _choice(config, 'latent.z_loss', cgml.Z_LOSSES)
   _num(config, 'latent.redraw_rho', 0.0, lo_open=False)
   _int(config, 'latent.redraw_rounds', 0)
 
@@ -310,6 +317,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _int(config, 'model.z_dim', 1)
   _choice(config, 'model.impl', layers.IMPLS)
   _choice(config, 'model.z_injection', conv.Z_INJECTIONS)
+  _choice(config, 'model.norm', conv.NORMS)
   _choice(config, 'model.out_activation', ('tanh', 'sigmoid', 'none'))
   for f in ('base_channels', 'max_channels', 'bottleneck_size', 'width', 'depth', 'h_dim'):
     _int(config, f'model.{f}', 1)
@@ -339,6 +347,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   # Peers.
   _num(config, 'gan.lr', 0.0)
+  _choice(config, 'gan.context_encoder_norm', conv.NORMS)
   _int(config, 'gan.disc_features', 1)
   _bool(config, 'gan.generator_spectral_norm')
   if _get(config, 'basisgan.generator') is not _MISSING:

@@ -118,6 +118,63 @@ def toy_table(results: dict) -> str:
   return '\n'.join(lines).rstrip('\n')
 
 
+def _field(m: dict, block: str, key: str, default: str) -> str:
+  """A config field of a run's provenance; `default` for runs from before the field
+  existed (its value then was the only behaviour there was)."""
+  return str(_config(m).get(block, {}).get(key, default))
+
+
+def z_loss_table(results: dict) -> str:
+  """cGML with rho on the toy, one row per run set with its `latent.z_loss` (runs from
+  before the option had the 'split' loss): coverage / phantom per seed, mean ± std, seeds
+  meeting the target."""
+  order = sorted({s for seeds in results.values() for s in seeds})
+  lines = ['| run set | latent.z_loss | ' + ' | '.join(f'seed {s}' for s in order)
+           + ' | coverage | phantom | seeds meeting target |',
+           '|---|---|' + '---|' * (len(order) + 3)]
+  for run_set, seeds in results.items():
+    runs = {s: seeds[s]['methods']['cgml'] for s in order if s in seeds}
+    cov = [r['coverage'] for r in runs.values()]
+    ph = [r['phantom_rate'] for r in runs.values()]
+    met = sum(c >= TOY_TARGET[0] and p <= TOY_TARGET[1] for c, p in zip(cov, ph))
+    cells = [f"{runs[s]['coverage']:.3f} / {runs[s]['phantom_rate']:.3f}" if s in runs
+             else '' for s in order]
+    z_loss = _field(next(iter(seeds.values())), 'latent', 'z_loss', 'split')
+    lines.append(f'| {run_set} | {z_loss} | ' + ' | '.join(cells)
+                 + f' | {mean_std(cov)} | {mean_std(ph)} | {met} of {len(runs)} |')
+  return '\n'.join(lines)
+
+
+NORM_METRICS = (('E_best', 'E, best of K'), ('psnr_best', 'PSNR, best of K'),
+                ('pixel_diversity', 'pixel diversity'))
+
+
+def norm_table(results: dict) -> str:
+  """cGML on an image task, one row per run set with its `model.norm`: per seed and mean ±
+  std of the first protocol's E_best, PSNR (best of K) and pixel diversity, and of the
+  task's mode coverage where it has one (`task_metrics`)."""
+  order = sorted({s for seeds in results.values() for s in seeds})
+  first = next(iter(next(iter(results.values())).values()))
+  extra = [k for k in ('coverage',) if k in first.get('task_metrics', {}).get('cgml', {})]
+  names = [f'{label} ({key})' for key, label in NORM_METRICS] + [
+      f'mode coverage ({k})' for k in extra]
+  lines = ['| run set | model.norm | metric | ' + ' | '.join(f'seed {s}' for s in order)
+           + ' | mean ± std |', '|---|---|---|' + '---|' * (len(order) + 1)]
+  for run_set, seeds in results.items():
+    norm = _field(next(iter(seeds.values())), 'model', 'norm', 'none')
+    for name, key in zip(names, [k for k, _ in NORM_METRICS] + extra):
+      def value(m):
+        if key in extra:
+          return m['task_metrics']['cgml'][key]
+        protocol = next(iter(m['eval']))
+        return m['eval'][protocol]['cgml'][key]
+      vals = {s: value(seeds[s]) for s in order if s in seeds}
+      cells = [f'{vals[s]:.4f}' if s in vals else '' for s in order]
+      lines.append(f'| {run_set} | {norm} | {name} | ' + ' | '.join(cells)
+                   + f' | {mean_std(list(vals.values()))} |')
+  return '\n'.join(lines)
+
+
 IMAGE_COLUMNS = ('psnr_best', 'ssim_best', 'lpips_best', 'diversity', 'colorfulness')
 
 
@@ -303,7 +360,8 @@ def modes_table(results: dict) -> str:
 
 
 TABLES = {'toy': toy_table, 'image': image_table, 'readme': readme_table,
-          'colorize': colorize_table, 'estimate': estimate_table, 'modes': modes_table}
+          'colorize': colorize_table, 'estimate': estimate_table, 'modes': modes_table,
+          'z_loss': z_loss_table, 'norm': norm_table}
 # Tables that read results/estimates/*.json instead of the run sets.
 ESTIMATE_TABLES = ('estimate',)
 

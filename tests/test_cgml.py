@@ -63,6 +63,16 @@ def test_rho_target_and_latent_loss_match_numpy():
   np.testing.assert_allclose(cgml.latent_loss(r_hat, rho_hat, zn, rho), want, rtol=1e-6)
   np.testing.assert_allclose(cgml.latent_loss(r_hat, rho_hat, zn, rho, use_momentum=False),
                              np.abs(r_hat - zn).mean(), rtol=1e-6)
+  # 'joint': one L1 over the (n + 1)-vector (z', rho), a mean over its 4 entries here.
+  joint = np.abs(np.concatenate([r_hat - zn, (rho_hat - np.asarray(rho))[:, None]], 1)).mean()
+  np.testing.assert_allclose(cgml.latent_loss(r_hat, rho_hat, zn, rho, form='joint'), joint,
+                             rtol=1e-6)
+  assert abs(joint - want) > 1e-3  # the two forms weigh rho differently
+  np.testing.assert_allclose(
+      cgml.latent_loss(r_hat, rho_hat, zn, rho, use_momentum=False, form='joint'),
+      np.abs(r_hat - zn).mean(), rtol=1e-6)
+  with pytest.raises(ValueError, match='form must be one of'):
+    cgml.latent_loss(r_hat, rho_hat, zn, rho, form='sum')
 
 
 def test_eq4_step_matches_numpy():
@@ -157,6 +167,26 @@ def test_train_step_lowers_error_on_fixed_batch():
     assert np.isfinite(m[k]), k
   np.testing.assert_allclose(m['rho'], m['dz'], rtol=1e-5)  # alpha = 1
   assert int(state.step) == 150
+
+
+def test_z_loss_form_reaches_the_z_step():
+  """hp.z_loss picks Z's loss in train_step: with one inner step the reported latent_loss
+  is latent_loss(Z(z_0, h), z', rho) in that form, at the initial parameters."""
+  out = {}
+  for form in cgml.Z_LOSSES:
+    state = make_state(inner_steps=1)
+    state = state.replace(hp=cgml.Hyper(**{**state.hp.__dict__, 'z_loss': form}))
+    b, key = batch(), jax.random.key(3)
+    _, m = STEP(state, b, key)
+    z0 = cgml.initial_latents(state, b, key)
+    h = cgml.encode(state, b['x'])
+    z1, _ = cgml.z_step(lambda z: state.loss_fn(cgml.generate(state, h, z), b), z0,
+                        state.hp.step_size)
+    r_hat, rho_hat = cgml.latent_field(state, z0, h)
+    want = cgml.latent_loss(r_hat, rho_hat, z1, cgml.rho_target(z0, z1, 1.0), form=form)
+    np.testing.assert_allclose(m['latent_loss'], want, rtol=1e-4)
+    out[form] = float(m['latent_loss'])
+  assert abs(out['split'] - out['joint']) > 1e-4, out
 
 
 def test_whole_inner_loop_is_one_scan_in_one_jitted_step():

@@ -44,6 +44,7 @@ CASES = [
     (toy, 'smoke', 'loss.error', 'l3', "('l1', 'l2')"),
     (toy, 'smoke', 'data.batch_size', -3, 'config.data.batch_size = -3'),
     (toy, 'smoke', 'train.generator_update', 'first', "('every', 'last')"),
+    (toy, 'smoke', 'latent.z_loss', 'sum', "('split', 'joint')"),
     (spectral3d, 'smoke', 'train.steps', 0, 'config.train.steps = 0'),
     (compare_mnist, 'smoke', 'mrgan.disc_batch_size', 9, 'at most data.batch_size = 8'),
     (compare_mnist, 'smoke', 'mrgan.predictor_patience', 0, 'config.mrgan.predictor_patience'),

@@ -158,6 +158,14 @@ def test_empty_z_of_the_l1_baseline(z_injection):
   assert jax.eval_shape(run, x, z).shape == (B, 32, 32, 2)
 
 
+def _apply(module, params, stats, *args, train):
+  """module(*args) with its params and collections; train=True returns updated ones."""
+  if train and stats:
+    out, new = module.apply({'params': params, **stats}, *args, train=True, mutable=list(stats))
+    return out, dict(new)
+  return module.apply({'params': params, **stats}, *args, train=train), stats
+
+
 def _reference_train_step(state, batch, key, tx):
   """Algorithm 1 written out plainly, for the conv H, G, Z, E = L1 and an optimiser `tx`
   that needs no batch step: a Python loop, G's h-only terms recomputed in every call (no
@@ -176,7 +184,9 @@ def _reference_train_step(state, batch, key, tx):
                        'norm_lat')}
   for t in range(hp.inner_steps):
     update_hg = hp.generator_update == 'every' or t == hp.inner_steps - 1
-    h = enc.apply({'params': params['encoder']}, x, train=update_hg)
+    # H in train mode when H, G are trained in this iteration: with BatchNorm, h of the
+    # z step is normalised by the batch, as in the (H, G) step; otherwise running averages.
+    h, s_enc = _apply(enc, params['encoder'], stats['encoder'], x, train=update_hg)
     gen_vars = {'params': params['generator'], **stats['generator']}
     # 1. z step, everything but z frozen.
     def e_of_z(z):
@@ -201,7 +211,7 @@ def _reference_train_step(state, batch, key, tx):
     # 4. H, G step at z'.
     if update_hg:
       def hg_loss(p):
-        h = enc.apply({'params': p['encoder']}, x, train=True)
+        h = _apply(enc, p['encoder'], stats['encoder'], x, train=True)[0]
         y_hat, s = gen.apply({'params': p['generator'], **stats['generator']}, h, z_next,
                              train=True, mutable=['batch_stats'])
         return errors(y_hat).mean(), s
@@ -210,7 +220,8 @@ def _reference_train_step(state, batch, key, tx):
       (loss_e, s_gen), g = jax.value_and_grad(hg_loss, has_aux=True)(p_hg)
       upd, opt_hg = tx.update(g, opt['hg'], p_hg)
       params = {**params, **optax.apply_updates(p_hg, upd)}
-      stats, opt = {**stats, 'generator': dict(s_gen)}, {**opt, 'hg': opt_hg}
+      stats = {**stats, 'encoder': s_enc, 'generator': dict(s_gen)}
+      opt = {**opt, 'hg': opt_hg}
       m['norm_hg'].append(optax.global_norm(upd))
     else:
       loss_e = e_of_z(z).mean()
@@ -226,16 +237,19 @@ def _reference_train_step(state, batch, key, tx):
   return params, stats, opt, metrics
 
 
+@pytest.mark.parametrize('norm', ['none', 'batch'])
 @pytest.mark.parametrize('generator_update', ['every', 'last'])
 def test_train_step_matches_a_plain_reference_with_and_without_shared_h_terms(
-    generator_update):
+    generator_update, norm):
   # cgml.train_step runs H once per inner step with its VJP and, for a generator with
   # shares_h_terms, G's h-only terms (the bottleneck's and the skips' contributions) once
   # for the z step and the (H, G) step; with shares_h_terms=False, G recomputes them in
   # each call. Both must give the new state and metrics of Algorithm 1 written out plainly
   # (so the shared terms carry their share of every gradient). z goes into every layer,
   # next to each h-only part; l = 2 runs the scan ('every') and the direct calls ('last').
-  enc, gen, lat = build_conv_models(8, 1, 2, Z_DIM, z_injection='all', **SMALL)
+  # With BatchNorm (norm='batch'), the running averages move in the (H, G) steps only: the
+  # reference's z steps run G with train=False, which updates nothing.
+  enc, gen, lat = build_conv_models(8, 1, 2, Z_DIM, z_injection='all', norm=norm, **SMALL)
   assert gen.shares_h_terms
   hp = cgml.Hyper(z_dim=Z_DIM, step_size=0.5, inner_steps=2, generator_update=generator_update)
   kx, ky = jax.random.split(jax.random.key(8))
@@ -247,6 +261,13 @@ def test_train_step_matches_a_plain_reference_with_and_without_shared_h_terms(
   want = jax.jit(lambda s, b, k: _reference_train_step(s, b, k, tx))(state, b, key)
   assert not np.allclose(want[0]['generator']['ConvTranspose4x4Up_0']['kernel'],
                          state.params['generator']['ConvTranspose4x4Up_0']['kernel'])
+  if norm == 'batch':  # H and G have running averages, and the step moves them
+    for part in ('encoder', 'generator'):
+      names = [k for k in state.stats[part]['batch_stats'] if k.startswith('norm_')]
+      assert names, part
+      for k in names:
+        assert not np.allclose(want[1][part]['batch_stats'][k]['mean'],
+                               state.stats[part]['batch_stats'][k]['mean']), (part, k)
   for g in (gen, gen.clone(shares_h_terms=False)):  # same parameters either way
     new, metrics = jax.jit(cgml.train_step)(state.replace(generator=g), b, key)
     got = (new.params, new.stats, new.opt_state, metrics)

@@ -38,11 +38,13 @@ def test_every_latent_option_works_on_every_task(name):
   config.latent.init = 'persistent'
   config.train.unroll = False
   config.train.generator_update = 'last'
+  config.latent.z_loss = 'joint'
   hp = methods_lib.hyper(config, 'cgml')
   assert hp == cgml.Hyper(z_dim=config.model.z_dim, step_size=config.latent.step_size,
                           alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
                           use_momentum=True, generator_update='last', latent_init='persistent',
-                          clip_step=True, step_size_decay=0.5, unroll=False)
+                          clip_step=True, step_size_decay=0.5, unroll=False,
+                          z_loss='joint')
   assert not methods_lib.hyper(config, 'cgml_no_rho').use_momentum
 
 
@@ -261,3 +263,31 @@ def test_basisgan_latents_per_layer_by_default_and_shared_under_dsgan():
   s = np.asarray(jax.jit(trained.sample_fn, static_argnums=3)(
       trained.state, jnp.asarray(ctx.example['x']), jax.random.key(2), 3))
   assert s.shape == (4, 3, 8, 8, 1) and np.abs(s[:, 0] - s[:, 1]).max() > 0
+
+
+def test_model_norm_reaches_h_and_g_and_the_context_encoder_has_batchnorm():
+  """model.norm='batch' puts BatchNorm into H and G; the Context Encoder peer has it by
+  default (gan.context_encoder_norm, Pathak et al.'s backbone), and its GAN step moves the
+  running averages."""
+  from cgml_jax.tasks import mnist_corrupted
+  config = importlib.import_module('experiments.compare_mnist').get_config('smoke')
+  ctx = image.method_context(mnist_corrupted.TASK, config)
+  key = jax.random.key(0)
+
+  def norms(state, part):
+    return sorted(k for k in state.stats[part].get('batch_stats', {}) if k.startswith('norm_'))
+
+  ce = methods_lib.build('context_encoder', ctx, key)
+  assert norms(ce.state, 'encoder') and norms(ce.state, 'generator')
+  new, m = jax.jit(ce.step_fn)(ce.state, ctx.example, key)
+  assert np.isfinite(float(m['g_loss']))
+  k = norms(ce.state, 'generator')[0]
+  assert not np.allclose(new.stats['generator']['batch_stats'][k]['mean'],
+                         ce.state.stats['generator']['batch_stats'][k]['mean'])
+  cg = methods_lib.build('cgml', ctx, key).state
+  assert not norms(cg, 'encoder') and not norms(cg, 'generator')  # model.norm = 'none'
+  config.gan.context_encoder_norm = 'none'
+  assert not norms(methods_lib.build('context_encoder', ctx, key).state, 'generator')
+  config.model.norm = 'batch'
+  cg = methods_lib.build('cgml', ctx, key).state
+  assert norms(cg, 'encoder') and norms(cg, 'generator')

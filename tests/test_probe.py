@@ -55,3 +55,23 @@ def test_features_are_the_flattened_bottleneck():
   h = enc.apply(variables, x, train=False)
   np.testing.assert_allclose(f, np.asarray(h[-1]).reshape(5, -1), rtol=1e-5, atol=1e-6)
   assert f.shape == (5, 4 * 4 * 16)
+
+
+def test_table5_protocol_config_probes_encoders_of_facades_completion(tmp_path):
+  """experiments/probe.py: the paper's Table 5 protocol, H trained on facades completion,
+  then the CIFAR-10 probe of every frozen H and of an untrained one."""
+  import json
+
+  from cgml_jax import train
+  from experiments import probe as probe_config
+  config = probe_config.get_config('smoke')
+  assert (config.task, config.data.name, config.data.image_key) == ('complete', 'facades',
+                                                                    'target')
+  assert probe_config.get_config().probe.datasets == ('cifar10',)
+  train.train_and_evaluate(config, str(tmp_path))
+  out = json.load(open(tmp_path / 'metrics.json'))
+  results = out['probe']['cifar10']['results']
+  assert set(results) == {'l1', 'cgml', 'untrained_encoder'}
+  for r in results.values():
+    assert r['num_train'] == 40 and r['num_test'] == 20 and 0 <= r['test_acc'] <= 1
+    assert r['dim'] > 0

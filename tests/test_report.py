@@ -40,3 +40,26 @@ def test_seed_specs_of_the_sweep_command():
   for bad in ('', '3-1'):
     with pytest.raises(ValueError):
       seeds.parse_seeds(bad)
+
+
+def _image_run(e_best, norm, coverage=None):
+  run = {'eval': {'test': {'cgml': {'E_best': e_best, 'psnr_best': 20.0,
+                                    'pixel_diversity': 0.1}}},
+         'provenance': {'config': {'task': 'mnist_corrupted', 'model': {'norm': norm}}}}
+  if coverage is not None:
+    run['task_metrics'] = {'cgml': {'coverage': coverage}}
+  return run
+
+
+def test_variant_tables_name_the_setting_and_give_every_seed():
+  old = _toy_run(1.0, 0.0)                  # from before latent.z_loss: the 'split' form
+  joint = _toy_run(0.5, 0.2)
+  joint['provenance']['config']['latent'] = {'z_loss': 'joint'}
+  out = report.z_loss_table({'toy/s': {0: old, 1: old}, 'toy/j': {0: joint, 2: joint}})
+  assert ('| toy/s | split | 1.000 / 0.000 | 1.000 / 0.000 |  | 1.000 ± 0.000 | '
+          '0.000 ± 0.000 | 2 of 2 |') in out
+  assert '| toy/j | joint | 0.500 / 0.200 |  | 0.500 / 0.200 | 0.500 ± 0.000' in out
+  out = report.norm_table({'m/b': {0: _image_run(0.1, 'batch', 0.5),
+                                   1: _image_run(0.3, 'batch', 0.7)}})
+  assert '| m/b | batch | E, best of K (E_best) | 0.1000 | 0.3000 | 0.200 ± 0.141 |' in out
+  assert '| m/b | batch | mode coverage (coverage) | 0.5000 | 0.7000 | 0.600 ± 0.141 |' in out

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from cgml_jax import train
+from cgml_jax import cgml, train
 from cgml_jax.models.mlp import MLPLatentNet
 from cgml_jax.tasks import toy
 from experiments import toy as toy_config
@@ -90,11 +90,46 @@ def test_toy_end_to_end_small(tmp_path):
   out = train.train_and_evaluate(config, str(tmp_path))
   saved = json.load(open(tmp_path / 'metrics.json'))
   assert saved['methods'].keys() == {'l1', 'cgml'}
-  assert os.path.exists(tmp_path / 'fig3_toy.png') and os.path.exists(tmp_path / 'rho_heatmap.png')
+  for name in ('fig3_toy.png', 'rho_heatmap.png', 'rho_xy.png'):
+    assert os.path.exists(tmp_path / name), name
   cg, l1 = out['methods']['cgml'], out['methods']['l1']
   assert cg['coverage_separated'] >= 0.8, cg
   assert cg['phantom_rate'] <= 0.2, cg
   assert l1['coverage_separated'] <= 0.05, l1
+
+
+def test_rho_xy_map_bins_rho_hat_by_output(tmp_path):
+  """Fig. 3d: each (x, y[d]) cell is the mean rho_hat of the sphere points G maps there."""
+  config = toy_config.get_config('smoke')
+  with config.unlocked():
+    config.methods = ('cgml',)
+    config.train.steps = 2
+    config.eval.plots = True
+  ctx = toy.method_context(config, toy.make_dataset(jax.random.key(0), 64, MODES))
+  state = toy.methods_lib.build('cgml', ctx, jax.random.key(1)).state
+  key = jax.random.key(5)
+  z = cgml.sample_sphere(key, (64, state.hp.z_dim))
+  xs, edges, rmap = toy.rho_xy_map(state, num_x=7, num_z=64, num_y=1, key=key)
+  assert xs.shape == (7,) and edges.shape == (3, 2) and rmap.shape == (3, 1, 7)
+  for i, x in enumerate(xs):  # one bin per dimension: the mean over every z
+    h = cgml.repeat_batch(cgml.encode(state, np.full((1, 1), x, np.float32)), 64)
+    rho = np.asarray(cgml.latent_field(state, z, h)[1])
+    np.testing.assert_allclose(rmap[:, 0, i], rho.mean(), rtol=1e-5)
+  xs, edges, rmap = toy.rho_xy_map(state, num_x=7, num_z=64, num_y=40, key=key)
+  h = cgml.repeat_batch(cgml.encode(state, np.full((1, 1), xs[3], np.float32)), 64)
+  y = np.asarray(cgml.generate(state, h, z))
+  rho = np.asarray(cgml.latent_field(state, z, h)[1])
+  for d in range(3):  # empty exactly where no output falls; else the mean of those there
+    hit = np.clip(np.searchsorted(edges[d], y[:, d], side='right') - 1, 0, 39)
+    for j in range(40):
+      if (hit == j).any():
+        np.testing.assert_allclose(rmap[d, j, 3], rho[hit == j].mean(), rtol=1e-5)
+      else:
+        assert np.isnan(rmap[d, j, 3])
+  assert np.isnan(rmap).any() and np.isfinite(rmap).any()
+  toy.plot(str(tmp_path), np.zeros((2, 1), np.float32), {}, MODES, None, None,
+           (xs, edges, rmap))
+  assert os.path.exists(tmp_path / 'rho_xy.png')
 
 
 def test_unknown_task_and_method_raise(tmp_path):

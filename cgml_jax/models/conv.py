@@ -16,6 +16,14 @@ r"""Convolutional H, G and Z for image tasks (paper Sec. 5, Fig. 2).
 All three follow the module contract of `cgml_jax.cgml`. G and Z are spectrally normalised
 (constant `lipschitz`) because cGML needs them Lipschitz in z (see `lipschitz.py`).
 
+`norm='batch'` (not in cGML's description of H and G; the encoder-decoders of Context
+Encoder and pix2pix have it) puts BatchNorm after every conv of H but the first and after
+every transposed conv of G but the last, as in those papers. Its statistics live in the
+`batch_stats` collection next to the spectral-norm vectors: `train=True` normalises by the
+batch and updates the running averages, `train=False` uses the running averages and
+updates nothing. BatchNorm's per-channel scale is not bounded, so G is then no longer
+C^depth-Lipschitz in z.
+
 The number of blocks follows the image size: an S x S image is zero-padded (centred) to
 the next size of the form bottleneck_size * 2^k and G crops its output back, so 28 x 28
 MNIST runs as 32 x 32 with k = 4. Inputs and outputs are NHWC.
@@ -39,6 +47,7 @@ from cgml_jax.models.lipschitz import maybe_spectral_norm
 from cgml_jax.models.mlp import MLP
 
 Z_INJECTIONS = ('bottleneck', 'all')
+NORMS = ('none', 'batch')
 _OUT_ACTIVATIONS = {'tanh': jnp.tanh, 'sigmoid': jax.nn.sigmoid, 'none': lambda y: y}
 
 
@@ -97,6 +106,16 @@ def _spatial_z(z: jax.Array, sizes: Sequence[tuple[int, int]]) -> list[jax.Array
           for (a, b), lo, hi in zip(sizes, cuts, cuts[1:])]
 
 
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  """BatchNorm as in pix2pix / Context Encoder (momentum 0.9 of the running averages)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _check_norm(norm: str):
+  if norm not in NORMS:
+    raise ValueError(f'norm must be one of {NORMS}, got {norm!r}')
+
+
 def _broadcast_to_map(z: jax.Array, x: jax.Array) -> jax.Array:
   """z (B', n) tiled to x's spatial shape: (B', H, W, n)."""
   return jnp.broadcast_to(z[:, None, None, :], z.shape[:1] + x.shape[1:3] + z.shape[-1:])
@@ -112,6 +131,7 @@ class ConvEncoder(nn.Module):
     spectral_norm: spectrally normalise every conv (off in the paper's H).
     lipschitz: constant of the spectral norm.
     impl: convolution form, see `layers.conv4x4_down`.
+    norm: 'none' or 'batch': BatchNorm after every conv but the first (module docstring).
   """
   base_channels: int = 64
   max_channels: int = 512
@@ -119,6 +139,7 @@ class ConvEncoder(nn.Module):
   spectral_norm: bool = False
   lipschitz: float = 1.0
   impl: str = 'auto'
+  norm: str = 'none'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, ...]:
@@ -126,7 +147,8 @@ class ConvEncoder(nn.Module):
 
     Args:
       x: (B, S, S, C) images, square.
-      train: update spectral-norm statistics.
+      train: update spectral-norm statistics; with norm='batch', normalise by the batch and
+        update the running averages (otherwise use them).
 
     Returns:
       Tuple of k feature maps, the i-th of shape (B, P / 2^(i+1), P / 2^(i+1), C_i) where P
@@ -138,11 +160,15 @@ class ConvEncoder(nn.Module):
     if lo or hi:
       x = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
     _, num_blocks = padded_size(x.shape[1], self.bottleneck_size)
+    _check_norm(self.norm)
     feats = []
-    for width in channel_widths(num_blocks, self.base_channels, self.max_channels):
+    for i, width in enumerate(channel_widths(num_blocks, self.base_channels,
+                                             self.max_channels)):
       conv = Conv4x4Down(width, impl=self.impl)
-      x = nn.leaky_relu(maybe_spectral_norm(conv, self.spectral_norm, self.lipschitz)(
-          x, train=train), 0.2)
+      x = maybe_spectral_norm(conv, self.spectral_norm, self.lipschitz)(x, train=train)
+      if self.norm == 'batch' and i > 0:
+        x = _batch_norm(train, f'norm_{i}')(x)
+      x = nn.leaky_relu(x, 0.2)
       feats.append(x)
     return tuple(feats)
 
@@ -166,6 +192,9 @@ class ConvGenerator(nn.Module):
       first), each (B, H_i, W_i, n / sum_i H_i W_i) and concatenated like a skip; no map
       gets z broadcast. MR-GAN's noise (Lee et al. 2019, App. B.2: H x W x 32 tensors at
       the decoder's 1x1, 2x2 and 4x4 maps).
+    norm: 'none' or 'batch': BatchNorm after every transposed conv but the last (module
+      docstring). It follows the sum of the channel parts, so the h-only terms are the
+      same with and without it.
     shares_h_terms: let `cgml.train_step` compute the h-only terms once per inner step
       (`only_h_terms`) and pass them to the z step's and the (H, G) step's calls
       (`h_terms`); False recomputes them in each call (same function, e.g. to count the
@@ -181,6 +210,7 @@ class ConvGenerator(nn.Module):
   impl: str = 'auto'
   shares_h_terms: bool = True
   z_maps: int = 0
+  norm: str = 'none'
 
   # cgml.sample may pass z with a sample axis (B, K, n) and the un-repeated h (see
   # `__call__`); modules without this attribute get h repeated K times instead.
@@ -207,7 +237,8 @@ class ConvGenerator(nn.Module):
       h: the encoder's tuple of feature maps (B, ...), coarsest last.
       z: (B, n) latents, or (B, K, n): K latents per input (only its shape is read when
         `only_h_terms`).
-      train: update spectral-norm statistics.
+      train: update spectral-norm statistics; with norm='batch', normalise by the batch
+        and update the running averages (otherwise use them).
       h_terms: optional, the result of `only_h_terms=True` for the same h, parameters,
         spectral-norm statistics and `train=False`.
       only_h_terms: return the h-only terms instead of y.
@@ -222,6 +253,7 @@ class ConvGenerator(nn.Module):
     if self.out_activation not in _OUT_ACTIVATIONS:
       raise ValueError(f'out_activation must be one of {tuple(_OUT_ACTIVATIONS)}, '
                        f'got {self.out_activation!r}')
+    _check_norm(self.norm)
     h = tuple(h)
     b = h[-1].shape[0]
     if z.ndim not in (2, 3) or z.shape[0] != b:
@@ -257,7 +289,10 @@ class ConvGenerator(nn.Module):
     parts, h_only = [h[-1], spatial[0] if self.z_maps else _broadcast_to_map(z, h[-1])], [
         True, False]
     for i, skip in enumerate(reversed(h[:-1])):
-      x = nn.relu(up(i, skip.shape[-1], parts, h_only))
+      x = up(i, skip.shape[-1], parts, h_only)
+      if self.norm == 'batch' and not only_h_terms:  # (only the shape of x is used there)
+        x = _batch_norm(train, f'norm_{i}')(x)
+      x = nn.relu(x)
       if x.shape[1:] != skip.shape[1:]:
         raise ValueError(f'skip feature of shape {skip.shape} does not match decoder '
                          f'feature {x.shape}')
@@ -317,7 +352,7 @@ def build_conv_models(image_size: int, in_channels: int, out_channels: int, z_di
                       bottleneck_size: int = 2, z_injection: str = 'bottleneck',
                       spectral_norm: bool = True, lipschitz: float = 1.0,
                       latent_hidden: Sequence[int] = (256, 256),
-                      out_activation: str = 'tanh', impl: str = 'auto'):
+                      out_activation: str = 'tanh', impl: str = 'auto', norm: str = 'none'):
   """H, G, Z for S x S images with `in_channels` -> `out_channels` (Fig. 2 of the paper).
 
   Args:
@@ -331,6 +366,7 @@ def build_conv_models(image_size: int, in_channels: int, out_channels: int, z_di
     latent_hidden: hidden widths of Z.
     out_activation: G's output non-linearity.
     impl: convolution form for H and G, see `layers.py`.
+    norm: 'none' (cGML's H and G) or 'batch' (BatchNorm in H and G; module docstring).
 
   Returns:
     (encoder, generator, latent_net).
@@ -339,8 +375,9 @@ def build_conv_models(image_size: int, in_channels: int, out_channels: int, z_di
   if z_dim < 1:
     raise ValueError(f'z_dim must be >= 1, got {z_dim}')
   padded_size(image_size, bottleneck_size)  # validates
-  encoder = ConvEncoder(base_channels, max_channels, bottleneck_size, impl=impl)
+  _check_norm(norm)
+  encoder = ConvEncoder(base_channels, max_channels, bottleneck_size, impl=impl, norm=norm)
   generator = ConvGenerator(out_channels, image_size, bottleneck_size, z_injection,
-                            spectral_norm, lipschitz, out_activation, impl)
+                            spectral_norm, lipschitz, out_activation, impl, norm=norm)
   latent_net = ConvLatentNet(tuple(latent_hidden), spectral_norm, lipschitz)
   return encoder, generator, latent_net

@@ -127,6 +127,9 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.model.latent_hidden = (128, 128)  # hidden widths of Z
   c.model.out_activation = 'tanh'  # G's output: 'tanh', 'sigmoid' or 'none'
   c.model.impl = 'auto'        # fast 4x4 stride-2 layers (cgml_jax.models.layers)
+  # 'none' (the paper's H and G) or 'batch': BatchNorm in H and G (cgml_jax.models.conv;
+  # the z step and inference use the running averages, only the (H, G) step updates them)
+  c.model.norm = 'none'
 
   # E is a per-example MEAN over pixels, so grad_z E is small: with beta = 1, C = 1 and z
   # at the bottleneck only, ||z' - z|| was ~1e-3 and the z step did nothing; beta = 10,
@@ -280,7 +283,9 @@ def build_models(task: ImageTask, config, out_channels: int | None = None):
                            max_channels=m.max_channels, bottleneck_size=m.bottleneck_size,
                            z_injection=m.z_injection, spectral_norm=True,
                            lipschitz=m.lipschitz, latent_hidden=tuple(m.latent_hidden),
-                           out_activation=m.out_activation, impl=m.impl)
+                           out_activation=m.out_activation, impl=m.impl,
+                           # configs written before model.norm existed (exports) lack it
+                           norm=m.get('norm', 'none'))
 
 
 def train_iterator(task: ImageTask, config, holdout: int = 0):

@@ -4,7 +4,8 @@ r"""Every method a task can train, by name: one registry, one way to build and t
   l1                regression.RegressionState / train_step      1 (deterministic)
   cgml              cgml.CGMLState / train_step / sample (Eq. 4) eval.num_samples
   cgml_no_rho       as cgml with use_momentum=False ("w/o rho")  eval.num_samples
-  context_encoder   peers: 0.999 masked L2 + 0.001 adversarial   1 (no noise)
+  context_encoder   peers: 0.999 masked L2 + 0.001 adversarial,  1 (no noise)
+                    H and G with gan.context_encoder_norm (BatchNorm)
   pix2pix           peers: NS-GAN + gan.recon_weight * E         eval.num_samples
   basisgan          as pix2pix, H and G from the task's BasisGAN    eval.num_samples
   mrgan             peers: predictor (MLMM losses) then MR-GAN   eval.num_samples
@@ -97,7 +98,7 @@ def hyper(config: ml_collections.ConfigDict, method: str = 'cgml') -> cgml.Hyper
       generator_update=t.generator_update, latent_init=lat.init, clip_step=lat.clip_step,
       step_size_decay=lat.step_size_decay, unroll=resolve_unroll(t.unroll),
       init_candidates=lat.init_candidates, latent_target=lat.target,
-      redraw_rho=lat.redraw_rho, redraw_rounds=lat.redraw_rounds)
+      redraw_rho=lat.redraw_rho, redraw_rounds=lat.redraw_rounds, z_loss=lat.z_loss)
 
 
 @dataclasses.dataclass
@@ -244,6 +245,11 @@ def build(name: str, ctx: Context, key: jax.Array) -> Built:
     raise ValueError(f'task {ctx.name!r} does not offer the GAN peers (no discriminator)')
   g = config.gan
   if base == 'context_encoder':
+    norm = g.get('context_encoder_norm', 'none')
+    if 'norm' in config.model and norm != config.model.norm:  # Pathak et al.'s BatchNorm
+      ce_config = config.copy_and_resolve_references()
+      ce_config.model.norm = norm
+      enc, gen, _ = ctx.models(ce_config, None)
     tx = _gan_optimizer(config)
     state = peers.context_encoder_state(key, x, y, encoder=enc, generator=gen,
                                         disc=ctx.discriminator('context_encoder'),

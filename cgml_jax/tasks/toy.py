@@ -144,6 +144,58 @@ def rho_map(state, x: np.ndarray, key: jax.Array, num_samples: int, num_steps: i
   return np.asarray(run(state, jnp.asarray(x), key))
 
 
+def rho_xy_map(state, x_range: tuple[float, float] = (-1.0, 1.0), num_x: int = 100,
+               num_z: int = 1000, num_y: int = 100, key: jax.Array | None = None):
+  r"""The learned rho_hat over the (x, y) plane, per output dimension (paper Fig. 3d).
+
+  Construction: for each of `num_x` inputs x on a regular grid, h = H(x); `num_z` fixed
+  points z cover the sphere S^{n-1} (uniform samples, the same for every x); each pair
+  (x, z) is mapped to the output y = G(h, z) and coloured by Z's step length
+  rho_hat(z, h) there. A cell of the (x, y[d]) grid (y[d] in `num_y` bins spanning the
+  outputs reached) shows the mean rho_hat over the pairs whose output falls in it, and is
+  empty (NaN) where G puts no output. So the map is rho_hat where the model can generate,
+  in the coordinates of the data: low along the branches it has learned to come to rest
+  on, high where a latent is still on its way.
+
+  Args:
+    state: a trained `cgml.CGMLState` of the toy.
+    x_range: the inputs' interval.
+    num_x: inputs on the grid.
+    num_z: points on the sphere per input.
+    num_y: bins of each output dimension.
+    key: PRNG key of the sphere points (default key 0, so the map is reproducible).
+
+  Returns:
+    (xs (num_x,), y_edges (D, num_y + 1), rho (D, num_y, num_x)) with D output dimensions;
+    rho[d, j, i] is the mean rho_hat at x = xs[i] over outputs y[d] in bin j.
+  """
+  key = jax.random.key(0) if key is None else key
+  xs = np.linspace(x_range[0], x_range[1], num_x, dtype=np.float32)
+
+  @jax.jit
+  def run(state, x, z):
+    h = cgml.repeat_batch(cgml.encode(state, x), z.shape[0])  # (num_x * num_z, ...)
+    z = jnp.tile(z, (x.shape[0], 1))
+    y = cgml.generate(state, h, z)
+    return y, cgml.latent_field(state, z, h)[1]
+
+  z = cgml.sample_sphere(key, (num_z, state.hp.z_dim))
+  y, rho = (np.asarray(a) for a in run(state, jnp.asarray(xs[:, None]), z))
+  y = y.reshape(num_x, num_z, -1)
+  rho = rho.reshape(num_x, num_z)
+  dims = y.shape[-1]
+  edges = np.stack([np.linspace(y[..., d].min(), y[..., d].max() + 1e-6, num_y + 1)
+                    for d in range(dims)])
+  out = np.full((dims, num_y, num_x), np.nan, np.float32)
+  for d in range(dims):
+    bins = np.clip(np.searchsorted(edges[d], y[..., d], side='right') - 1, 0, num_y - 1)
+    for i in range(num_x):
+      total = np.bincount(bins[i], weights=rho[i], minlength=num_y)
+      count = np.bincount(bins[i], minlength=num_y)
+      out[d, :, i] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+  return xs, edges, out
+
+
 def samples_image(x: np.ndarray, samples: np.ndarray, modes: np.ndarray) -> np.ndarray:
   """The K samples per x (red) over the true branches (grey), y[0] and y[2]: (H, W, 3)."""
   import matplotlib
@@ -165,8 +217,10 @@ def samples_image(x: np.ndarray, samples: np.ndarray, modes: np.ndarray) -> np.n
 
 
 def plot(workdir: str, x: np.ndarray, samples: dict, modes: np.ndarray, rho: np.ndarray | None,
-         x_rho: np.ndarray | None):
-  """fig3_toy.png (per output dimension: truth, L1, w/o rho, with rho) and rho_heatmap.png."""
+         x_rho: np.ndarray | None, rho_xy: tuple | None = None):
+  """fig3_toy.png (per output dimension: truth, L1, w/o rho, with rho), rho_heatmap.png
+  (rho_hat over traversal step and x) and rho_xy.png (rho_hat over the (x, y) plane, Fig.
+  3d; `rho_xy` is the output of `rho_xy_map`)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -208,12 +262,28 @@ def plot(workdir: str, x: np.ndarray, samples: dict, modes: np.ndarray, rho: np.
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, 'rho_heatmap.png'), dpi=110)
     plt.close(fig)
+  if rho_xy is not None:
+    xs, edges, rmap = rho_xy
+    fig, axes = plt.subplots(1, len(rmap), figsize=(4 * len(rmap), 3.5), squeeze=False,
+                             constrained_layout=True)
+    vmax = np.nanmax(rmap) if np.isfinite(rmap).any() else 1.0
+    for d, ax in enumerate(axes[0]):
+      im = ax.imshow(rmap[d], aspect='auto', origin='lower', cmap='viridis', vmin=0, vmax=vmax,
+                     extent=[xs[0], xs[-1], edges[d, 0], edges[d, -1]])
+      ax.plot(xs, branches(xs[:, None], modes)[:, :, d], color='w', lw=0.8, ls='--')
+      ax.set_xlabel('x')
+      ax.set_ylabel(f'y[{d}]')
+      ax.set_title(f'ρ̂ over (x, y[{d}])', fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist())
+    fig.savefig(os.path.join(workdir, 'rho_xy.png'), dpi=110)
+    plt.close(fig)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains every method in `config.methods` with the same budget, evaluates, plots.
 
-  Writes `workdir/metrics.json` ({method: metrics}), `fig3_toy.png`, `rho_heatmap.png`.
+  Writes `workdir/metrics.json` ({method: metrics}), `fig3_toy.png`, `rho_heatmap.png`,
+  `rho_xy.png` (the last two with eval.plots and a 'cgml' method).
   """
   modes = validate_modes(config.data.modes)
   for m in config.methods:
@@ -227,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tau = config.eval.tau_frac * float(np.abs(modes).max())
   ctx = method_context(config, data, workdir, writer)
   trained = methods_lib.train_all(ctx, k_models)
-  results, samples, rho = {}, {}, None
+  results, samples, rho, rho_xy = {}, {}, None, None
   for method, t in trained.items():
     s = sample_method(t, test['x'], k_eval, config)
     samples[method] = s
@@ -240,6 +310,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if method == 'cgml':
       rho = rho_map(t.state, test['x'], k_eval, config.eval.num_samples,
                     config.latent.traverse_steps)
+      if config.eval.plots and parallel.is_primary():
+        rho_xy = rho_xy_map(t.state)
     print(f'[toy/{method}] ' + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                            for k, v in results[method].items()}), flush=True)
   out = {'modes': modes.tolist(), 'num_test': int(config.data.num_test),
@@ -250,5 +322,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
     json.dump(out, f, indent=2)
   if config.eval.plots:
-    plot(workdir, test['x'], samples, modes, rho, test['x'])
+    plot(workdir, test['x'], samples, modes, rho, test['x'], rho_xy)
   return out
