@@ -1,17 +1,24 @@
-"""Colorization (paper Sec. 5.2): L -> ab in CIE-LAB, cGML vs the L1 baseline.
+"""Colorization, cGML vs the L1 baseline: known colour modes by default, photos on request.
 
   python -m experiments.run --config=experiments/colorize.py --workdir=runs/colorize
-  python -m experiments.run --config=experiments/colorize.py:smoke --workdir=runs/c_smoke
+  python -m experiments.run --config=experiments/colorize.py:best --workdir=runs/colorize_best
+  python -m experiments.run --config=experiments/colorize.py:photos --workdir=runs/photos
+  python -m experiments.run --config=experiments/colorize.py:photos,smoke --workdir=runs/c_smoke
   python -m experiments.run --config=experiments/colorize.py:paper --workdir=runs/colorize_paper \
       --config.data.tfds_data_dir=~/tensorflow_datasets     # GPU/TPU; see docs/training.md
-  python -m experiments.run --config=experiments/colorize.py --workdir=runs/colorize_cifar \
+  python -m experiments.run --config=experiments/colorize.py:photos --workdir=runs/photos_cifar \
       --config.data.name=cifar10          # offline npz under $CGML_DATA_DIR
-  python -m experiments.run --config=experiments/colorize.py --workdir=runs/colorize_stl \
+  python -m experiments.run --config=experiments/colorize.py:photos --workdir=runs/photos_stl \
       --config.data.name=tfds:stl10 --config.data.tfds_data_dir=~/tensorflow_datasets \
       --config.data.image_size=64
 
-The default reads the embedded scikit-image crops (32x32; no download, no data folder) and
-takes a few minutes on a CPU, evaluation included.
+The default is the colour-modes task (`experiments/colour_modes.py`; arguments `best`,
+`mnist` and `smoke` pass through): embedded grey shapes, each to be coloured red, green or
+blue, so every input has three known answers and the run reports how many of them the K
+samples find (coverage, phantom rate; docs/multimodality.md). No download, no data folder.
+
+`photos` is the paper's Sec. 5.2 colorization, L -> ab in CIE-LAB, on the embedded
+scikit-image crops (32x32; no download) or any photo source through `data.name`.
 
 `:paper` is sized for a GPU or TPU: STL-10 at its native 96x96 through TFDS (prepared once
 with `tfds build stl10 --file_format=array_record`), pix2pix-like widths, 20 epochs of the
@@ -23,12 +30,18 @@ import ml_collections
 
 from cgml_jax import configs
 from cgml_jax.tasks import image
+from experiments import colour_modes
 
 STL10_UNLABELLED = 100_000     # images in TFDS stl10's 'unlabelled' split
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = configs.parse_arg(arg, paper=False, smoke=False)
+  a = configs.parse_arg(arg, photos=False, paper=False, smoke=False, best=False, mnist=False)
+  if not (a.photos or a.paper):
+    return colour_modes.get_config(','.join(k for k in ('smoke', 'best', 'mnist') if a[k]))
+  if a.best or a.mnist:
+    raise ValueError("config arguments 'best' and 'mnist' are for the colour-modes default, "
+                     "not for 'photos' or 'paper'")
   c = image.base_config('colorize')
   c.data.name = 'embedded'     # scikit-image crops; 'cifar10', 'celeba', 'tfds:NAME', ...
   c.data.image_size = 32       # 32 or 64 for the embedded crops

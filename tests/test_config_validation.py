@@ -14,31 +14,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (config module, variant, field, bad value, text the message must hold)
 CASES = [
-    (colorize, 'smoke', 'train.steps', -5, 'config.train.steps = -5'),
-    (colorize, 'smoke', 'train.steps', 0, 'integer >= 1'),
-    (colorize, 'smoke', 'data.batch_size', 0, 'config.data.batch_size = 0'),
-    (colorize, 'smoke', 'eval.batch_size', 0, 'config.eval.batch_size'),
-    (colorize, 'smoke', 'eval.num_samples', 0, 'config.eval.num_samples'),
-    (colorize, 'smoke', 'eval.num_test', -1, 'config.eval.num_test'),
-    (colorize, 'smoke', 'train.inner_steps', 0, 'config.train.inner_steps = 0'),
-    (colorize, 'smoke', 'train.lr', -1e-3, 'config.train.lr'),
-    (colorize, 'smoke', 'train.schedule', 'cosin', "'constant', 'cosine'"),
-    (colorize, 'smoke', 'train.unroll', 'yes', "one of ('auto', True, False)"),
-    (colorize, 'smoke', 'methods', ('l1', 'cgmll'), "unknown method 'cgmll'"),
-    (colorize, 'smoke', 'methods', (), 'non-empty tuple'),
-    (colorize, 'smoke', 'methods', ('cgml+msgan',), '+dsgan / +msgan go on'),
-    (colorize, 'smoke', 'data.image_size', 0, 'config.data.image_size = 0'),
-    (colorize, 'smoke', 'model.bottleneck_size', 32, 'data.image_size = 16'),
-    (colorize, 'smoke', 'model.z_dim', 0, 'config.model.z_dim'),
-    (colorize, 'smoke', 'model.impl', 'fast', "'auto', 'matmul', 'conv', 'plain'"),
-    (colorize, 'smoke', 'model.z_injection', 'some', "('bottleneck', 'all')"),
-    (colorize, 'smoke', 'model.latent_hidden', (16, 0), 'tuple of widths'),
-    (colorize, 'smoke', 'latent.init', 'zero', "('random', 'persistent')"),
-    (colorize, 'smoke', 'latent.step_size', 0.0, 'config.latent.step_size'),
-    (colorize, 'smoke', 'latent.step_size_decay', 1.5, '<= 1.0'),
-    (colorize, 'smoke', 'latent.traverse_steps', -1, 'integer >= 0'),
-    (colorize, 'smoke', 'checkpoint.every', 0, 'config.checkpoint.every'),
-    (colorize, 'smoke', 'task', 'colourise', "'colorize'"),
+    (colorize, 'photos,smoke', 'train.steps', -5, 'config.train.steps = -5'),
+    (colorize, 'photos,smoke', 'train.steps', 0, 'integer >= 1'),
+    (colorize, 'photos,smoke', 'data.batch_size', 0, 'config.data.batch_size = 0'),
+    (colorize, 'photos,smoke', 'eval.batch_size', 0, 'config.eval.batch_size'),
+    (colorize, 'photos,smoke', 'eval.num_samples', 0, 'config.eval.num_samples'),
+    (colorize, 'photos,smoke', 'eval.num_test', -1, 'config.eval.num_test'),
+    (colorize, 'photos,smoke', 'train.inner_steps', 0, 'config.train.inner_steps = 0'),
+    (colorize, 'photos,smoke', 'train.lr', -1e-3, 'config.train.lr'),
+    (colorize, 'photos,smoke', 'train.schedule', 'cosin', "'constant', 'cosine'"),
+    (colorize, 'photos,smoke', 'train.unroll', 'yes', "one of ('auto', True, False)"),
+    (colorize, 'photos,smoke', 'methods', ('l1', 'cgmll'), "unknown method 'cgmll'"),
+    (colorize, 'photos,smoke', 'methods', (), 'non-empty tuple'),
+    (colorize, 'photos,smoke', 'methods', ('cgml+msgan',), '+dsgan / +msgan go on'),
+    (colorize, 'photos,smoke', 'data.image_size', 0, 'config.data.image_size = 0'),
+    (colorize, 'photos,smoke', 'model.bottleneck_size', 32, 'data.image_size = 16'),
+    (colorize, 'photos,smoke', 'model.z_dim', 0, 'config.model.z_dim'),
+    (colorize, 'photos,smoke', 'model.impl', 'fast', "'auto', 'matmul', 'conv', 'plain'"),
+    (colorize, 'photos,smoke', 'model.z_injection', 'some', "('bottleneck', 'all')"),
+    (colorize, 'photos,smoke', 'model.latent_hidden', (16, 0), 'tuple of widths'),
+    (colorize, 'photos,smoke', 'latent.init', 'zero', "('random', 'persistent')"),
+    (colorize, 'photos,smoke', 'latent.step_size', 0.0, 'config.latent.step_size'),
+    (colorize, 'photos,smoke', 'latent.step_size_decay', 1.5, '<= 1.0'),
+    (colorize, 'photos,smoke', 'latent.traverse_steps', -1, 'integer >= 0'),
+    (colorize, 'photos,smoke', 'checkpoint.every', 0, 'config.checkpoint.every'),
+    (colorize, 'photos,smoke', 'task', 'colourise', "'colorize'"),
     (complete, 'smoke', 'eval.protocols', ('area25', 'square'), "'area10'"),
     (complete, 'paper', 'data.center_crop', -1, 'config.data.center_crop = -1'),
     (toy, 'smoke', 'loss.error', 'l3', "('l1', 'l2')"),
@@ -71,7 +71,9 @@ def test_bad_field_is_one_line_config_error(tmp_path, module, variant, field, va
   assert not workdir.exists()  # nothing was started
 
 
-VARIANTS = {'colorize': (None, 'smoke', 'paper'), 'complete': (None, 'cpu', 'smoke', 'paper'),
+VARIANTS = {'colorize': (None, 'smoke', 'best', 'photos', 'photos,smoke', 'paper'),
+            'colour_modes': (None, 'smoke', 'best', 'mnist'),
+            'compare_modes': (None, 'smoke'), 'complete': (None, 'cpu', 'smoke', 'paper'),
             'translate': (None, 'cpu', 'smoke', 'paper'), 'toy': (None, 'smoke', 'paper', 'best'),
             'spectral3d': (None, 'smoke'), 'mnist_corrupted': (None, 'box', 'smoke'),
             'compare_mnist': (None, 'box', 'smoke'), 'compare_facades': (None, 'cpu', 'smoke')}
@@ -89,7 +91,7 @@ def test_launcher_reports_the_field(tmp_path):
   and a ZeroDivisionError deep inside training)."""
   # One subprocess (the in-process cases above cover data.batch_size=0 the same way).
   out = subprocess.run(
-      [sys.executable, '-m', 'experiments.run', '--config=experiments/colorize.py:smoke',
+      [sys.executable, '-m', 'experiments.run', '--config=experiments/colorize.py:photos,smoke',
        f'--workdir={tmp_path / "run"}', '--config.train.steps=-5'], cwd=ROOT,
       capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
@@ -101,7 +103,7 @@ def test_launcher_reports_the_field(tmp_path):
 def test_batch_must_split_over_the_devices(monkeypatch):
   import jax
   monkeypatch.setattr(jax, 'device_count', lambda: 4)
-  config = colorize.get_config('smoke')
+  config = colorize.get_config('photos,smoke')
   config.data.batch_size = 6
   with pytest.raises(configs.ConfigError, match=r'data.batch_size = 6.*multiple of the 4 '):
     configs.validate(config)
@@ -117,4 +119,13 @@ def test_multi_process_runs_are_not_initialised_early(monkeypatch):
     raise AssertionError('validate started the JAX backend before the hosts joined')
   monkeypatch.setattr(jax, 'device_count', too_early)
   monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', 'localhost:1234')
-  configs.validate(colorize.get_config('smoke'))
+  configs.validate(colorize.get_config('photos,smoke'))
+
+
+def test_colorize_defaults_to_colour_modes_and_photos_is_one_argument_away():
+  assert colorize.get_config().task == 'colour_modes'
+  assert colorize.get_config('best').latent.init_candidates == 16
+  assert colorize.get_config('photos').task == 'colorize'
+  assert colorize.get_config('paper').data.name == 'tfds:stl10'
+  with pytest.raises(ValueError, match="'best' and 'mnist' are for the colour-modes"):
+    colorize.get_config('photos,best')

@@ -19,7 +19,7 @@ from experiments import sample as sample_cmd
 def run(tmp_path_factory):
   """A smoke-trained colorization run (cGML and L1, checkpointed) and its eval inputs."""
   wd = str(tmp_path_factory.mktemp('colorize_run'))
-  config = colorize_config.get_config('smoke')
+  config = colorize_config.get_config('photos,smoke')
   config.train.steps = 2
   writer = workdir_lib.prepare(config, wd)
   trained = {m: image.train_method(m, colorize.TASK, config, jax.random.key(i), wd, writer)

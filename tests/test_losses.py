@@ -102,7 +102,7 @@ def _speckle_after_descent(loss_fn, y, steps=20, lr=0.01):
 def _default_loss_fn():
   from cgml_jax.tasks import colorize as task
   from experiments import colorize
-  config = colorize.get_config()
+  config = colorize.get_config('photos')
   if config.loss.hist_form == 'rebalance':
     # A near-grey prior like that of natural photos, so the weights are far from 1; the
     # training set's prior is exercised by the task's smoke test.

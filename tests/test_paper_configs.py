@@ -58,7 +58,7 @@ def test_center_crop_keeps_the_aspect_of_non_square_images():
 
 
 def test_estimate_is_linear_in_the_batch_and_counts_every_method():
-  c = colorize.get_config('smoke')
+  c = colorize.get_config('photos,smoke')
   c.train.steps = 10
   c.data.batch_size = 4
   out = estimate.estimate(c, 'smoke')
