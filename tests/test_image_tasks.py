@@ -106,9 +106,13 @@ def test_box_mode_judged_on_the_free_box_pixels():
   np.testing.assert_allclose(intensity[:2, 1], 0.8)         # covered pixels do not dilute it
 
 
+# colorize.py's default is the colour-modes task; its photo colorization is `photos`.
+SMOKE = {'colorize': 'photos,smoke'}
+
+
 @pytest.mark.parametrize('name', ['colorize', 'complete', 'translate', 'mnist_corrupted'])
 def test_smoke_config_end_to_end(name, tmp_path):
-  config = importlib.import_module(f'experiments.{name}').get_config('smoke')
+  config = importlib.import_module(f'experiments.{name}').get_config(SMOKE.get(name, 'smoke'))
   out = train.train_and_evaluate(config, str(tmp_path))
   files = set(os.listdir(tmp_path))
   assert {'metrics.json', 'metrics.md', 'trajectory.png'} <= files
@@ -134,7 +138,7 @@ def test_smoke_config_end_to_end(name, tmp_path):
 def test_evaluation_sets_are_deterministic_and_unaugmented(name):
   """No random transform touches an evaluation split: two builds are bitwise identical,
   and with flips on for training the evaluation images are not flipped."""
-  config = importlib.import_module(f'experiments.{name}').get_config('smoke')
+  config = importlib.import_module(f'experiments.{name}').get_config(SMOKE.get(name, 'smoke'))
   if 'flip' in config.data:
     config.data.flip = True
   task_module = importlib.import_module(f'cgml_jax.tasks.{name}')
