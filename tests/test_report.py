@@ -63,3 +63,27 @@ def test_variant_tables_name_the_setting_and_give_every_seed():
                                    1: _image_run(0.3, 'batch', 0.7)}})
   assert '| m/b | batch | E, best of K (E_best) | 0.1000 | 0.3000 | 0.200 ± 0.141 |' in out
   assert '| m/b | batch | mode coverage (coverage) | 0.5000 | 0.7000 | 0.600 ± 0.141 |' in out
+
+
+def _modes_run(task, coverage, phantom, error, share):
+  r = {'coverage': coverage, 'phantom_rate': phantom, 'mode_frequency_error': error}
+  if task == 'mnist_corrupted':
+    r['box_sample_rate'] = share
+  else:
+    r['mode_histogram'] = [share, 1 - share - phantom, 0.0]
+  return {'task_metrics': {'cgml': r},
+          'provenance': {'config': {'task': task, 'loss': {'error': 'l2'},
+                                    'eval': {'num_samples': 16},
+                                    'data': {'box_rate': 0.3}}}}
+
+
+def test_modes_table_applies_each_task_target():
+  results = {'cm/a': {0: _modes_run('colour_modes', 0.95, 0.0, 0.05, 0.33),
+                      1: _modes_run('colour_modes', 0.95, 0.2, 0.05, 0.33)},
+             'box/a': {0: _modes_run('mnist_corrupted', 0.85, 0.0, 0.06, 0.25),
+                       1: _modes_run('mnist_corrupted', 0.85, 0.0, 0.06, 0.45)}}
+  out = report.modes_table(results)
+  rows = [line for line in out.splitlines() if line.startswith('| cGML')]
+  assert rows[0].endswith('| 1 of 2 |')   # seed 1 has 20 % phantoms
+  assert rows[1].endswith('| 1 of 2 |')   # seed 1's box share 0.45 is off the prior 0.3
+  assert '0.950 / 0.000 / 0.050' in rows[0] and '| 0.350 ± 0.141 |' in rows[1]
