@@ -250,6 +250,7 @@ def build(name: str, ctx: Context, key: jax.Array) -> Built:
       ce_config = config.copy_and_resolve_references()
       ce_config.model.norm = norm
       enc, gen, _ = ctx.models(ce_config, None)
+      gen = peer_generator(gen, config)
     tx = _gan_optimizer(config)
     state = peers.context_encoder_state(key, x, y, encoder=enc, generator=gen,
                                         disc=ctx.discriminator('context_encoder'),
