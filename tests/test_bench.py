@@ -2,9 +2,12 @@
 
 import os
 
+import pytest
+
 from benchmarks import bench
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_bench_smoke(tmp_path):
   res = bench.main(['--smoke', '--steps', '1', '--json', '--out', str(tmp_path)])
   for name in ('train', 'infer'):

@@ -169,6 +169,7 @@ def test_train_step_lowers_error_on_fixed_batch():
   assert int(state.step) == 150
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_z_loss_form_reaches_the_z_step():
   """hp.z_loss picks Z's loss in train_step: with one inner step the reported latent_loss
   is latent_loss(Z(z_0, h), z', rho) in that form, at the initial parameters."""
@@ -197,6 +198,7 @@ def test_whole_inner_loop_is_one_scan_in_one_jitted_step():
     assert [e.params['length'] for e in scans] == [l]
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_rolled_inner_scan_computes_the_same_step():
   # hp.unroll only changes how XLA runs the l inner iterations, not what they compute.
   new = {}
@@ -246,6 +248,7 @@ def test_persistent_latents_are_read_and_written_by_index():
     cgml.train_step(state, {'x': b['x'], 'y': b['y']}, jax.random.key(0))
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_step_size_decay_shrinks_beta_per_inner_step():
   # With generator_update='last' every z step of the batch sees the initial H, G, so the
   # final latents (written to the persistent table) are l hand-made z steps with

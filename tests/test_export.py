@@ -81,6 +81,7 @@ def test_sample_command_on_a_folder(run, tmp_path):
   assert out.ndim == 3 and out.shape[-1] == 3
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_sample_command_completion_masks(tmp_path):
   """Completion: a mask PNG (white = hole, resized to the model) or a named protocol."""
   from cgml_jax import cgml

@@ -110,7 +110,11 @@ def test_box_mode_judged_on_the_free_box_pixels():
 SMOKE = {'colorize': 'photos,smoke'}
 
 
-@pytest.mark.parametrize('name', ['colorize', 'complete', 'translate', 'mnist_corrupted'])
+# colorize (photos) also runs in the quickstart notebook, mnist_corrupted in compare_mnist's
+# smoke: their own smoke runs are in -m slow.
+@pytest.mark.parametrize('name', [
+    pytest.param('colorize', marks=pytest.mark.slow), 'complete', 'translate',
+    pytest.param('mnist_corrupted', marks=pytest.mark.slow)])
 def test_smoke_config_end_to_end(name, tmp_path):
   config = importlib.import_module(f'experiments.{name}').get_config(SMOKE.get(name, 'smoke'))
   out = train.train_and_evaluate(config, str(tmp_path))

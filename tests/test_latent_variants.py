@@ -60,6 +60,7 @@ def test_initial_latents_are_the_best_of_n_by_error(n):
     cgml.Hyper(z_dim=3, init_candidates=0)
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_latent_target_end_fits_z_to_the_end_of_the_descent():
   # With generator_update='last' all z steps of a batch see the initial H, G, so the
   # inner path z_0 .. z_l is l hand-made z steps, and the mean target rho is
@@ -87,6 +88,7 @@ def test_latent_target_end_fits_z_to_the_end_of_the_descent():
     cgml.Hyper(z_dim=3, latent_target='far')
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_redraw_replaces_only_high_rho_samples_and_only_by_lower_ones():
   b = batch()
   state = make_state()

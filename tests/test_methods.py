@@ -75,7 +75,8 @@ def test_markdown_from_a_hand_made_result():
   assert 'lpips_mean' not in md            # columns nobody has are left out
 
 
-@pytest.mark.parametrize('name', ['compare_mnist', 'compare_facades'])
+@pytest.mark.parametrize('name', ['compare_mnist',
+                                  pytest.param('compare_facades', marks=pytest.mark.slow)])
 def test_smoke_comparison_end_to_end(name, tmp_path):
   config = importlib.import_module(f'experiments.{name}').get_config('smoke')
   workdir = str(tmp_path)
@@ -237,6 +238,7 @@ def test_peer_generators_are_plain_unless_asked_and_cgml_keeps_spectral_norm():
     assert _has_spectral_norm(generator_stats(*args)), args
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_basisgan_latents_per_layer_by_default_and_shared_under_dsgan():
   config = _tiny_config()
   ctx = _tiny_context(config)

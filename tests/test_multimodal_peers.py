@@ -53,6 +53,7 @@ def test_kl_matches_the_closed_form():
   assert float(bg.kl_divergence(jnp.zeros((1, 3)), jnp.zeros((1, 3)))[0]) == 0.0
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_bicyclegan_shapes_step_sampler_and_lower_reconstruction():
   state, batch = _bicycle_state(lr=2e-3)
   mu, logvar = bg.encode(state, batch['y'])
@@ -74,6 +75,7 @@ def test_bicyclegan_shapes_step_sampler_and_lower_reconstruction():
   assert np.mean(recon[-3:]) < 0.95 * np.mean(recon[:3]), recon
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_bicyclegan_latent_regression_leaves_e_alone():
   """With only the latent term on, G moves and E does not (E held fixed in that term)."""
   hp = bg.BicycleHyper(z_dim=Z, recon_weight=0.0, latent_weight=1.0, kl_weight=0.0,
