@@ -110,6 +110,7 @@ def test_linear_probe_separates_separable_data():
   assert chance['test_acc'] < 0.6
 
 
+@pytest.mark.slow  # long; the notebook runs the same path at smoke size
 def test_smoke_config_through_the_entry_point(tmp_path):
   config = s3d_config.get_config('smoke')
   out = train.train_and_evaluate(config, str(tmp_path))

@@ -77,6 +77,7 @@ def test_residual_latent_net_predicts_the_displacement():
   assert np.abs(np.asarray(r_plain)).max() > 1e-3  # the two are not trivially equal
 
 
+@pytest.mark.slow  # long; the notebook runs the same path at smoke size
 def test_toy_end_to_end_small(tmp_path):
   """A shrunken toy run still separates the two branches where L1 cannot."""
   config = toy_config.get_config()
