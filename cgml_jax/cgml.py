@@ -212,10 +212,21 @@ def eq4_step(z: jax.Array, r_hat: jax.Array, rho_hat: jax.Array,
   return project_to_sphere(z + step[..., None] * d)
 
 
+def _per_example_mean(values: jax.Array, batch: dict) -> jax.Array:
+  """(B,) mean of `values` (B, ...) per example, over batch['mask'] (1 in the hole,
+  broadcastable to values) when the batch has one, else over all elements."""
+  b = values.shape[0]
+  if 'mask' not in batch:
+    return values.reshape(b, -1).mean(axis=1)
+  mask = jnp.broadcast_to(batch['mask'], values.shape).astype(values.dtype)
+  return ((values * mask).reshape(b, -1).sum(axis=1)
+          / jnp.maximum(mask.reshape(b, -1).sum(axis=1), 1.0))
+
+
 def l1_error(y_hat: jax.Array, batch: dict) -> jax.Array:
-  """The default E: per-example mean absolute error against `batch['y']`."""
-  diff = jnp.abs(y_hat - batch['y'])
-  return diff.reshape(diff.shape[0], -1).mean(axis=1)
+  """The default E: per-example mean absolute error against `batch['y']`, over the hole
+  when the batch has a mask (then equal to `cgml_jax.losses.masked_l1`)."""
+  return _per_example_mean(jnp.abs(y_hat - batch['y']), batch)
 
 
 def l2_error(y_hat: jax.Array, batch: dict) -> jax.Array:
@@ -228,12 +239,7 @@ def l2_error(y_hat: jax.Array, batch: dict) -> jax.Array:
   Returns:
     (B,) per-example errors.
   """
-  sq = jnp.square(y_hat - batch['y'])
-  if 'mask' not in batch:
-    return sq.reshape(sq.shape[0], -1).mean(axis=1)
-  mask = jnp.broadcast_to(batch['mask'], sq.shape).astype(sq.dtype)
-  num = (sq * mask).reshape(sq.shape[0], -1).sum(axis=1)
-  return num / jnp.maximum(mask.reshape(sq.shape[0], -1).sum(axis=1), 1.0)
+  return _per_example_mean(jnp.square(y_hat - batch['y']), batch)
 
 
 ERRORS = {'l1': l1_error, 'l2': l2_error}  # E by name (config `loss.error`)

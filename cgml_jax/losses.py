@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cgml_jax import cgml
+
 LossFn = Callable[[jax.Array, dict], jax.Array]
 _EPS = 1e-8
 
@@ -36,12 +38,9 @@ def masked_l1(y_hat: jax.Array, batch: dict) -> jax.Array:
   """
   if 'mask' not in batch:
     raise KeyError(f"masked_l1 needs batch['mask']; the batch has {sorted(batch)}")
-  y, m = batch['y'], batch['mask'].astype(y_hat.dtype)
-  if y.shape != y_hat.shape:
-    raise ValueError(f"y_hat {y_hat.shape} and batch['y'] {y.shape} differ")
-  m = jnp.broadcast_to(m, y.shape)
-  err = (jnp.abs(y_hat - y) * m).reshape(y.shape[0], -1).sum(axis=1)
-  return err / jnp.maximum(m.reshape(y.shape[0], -1).sum(axis=1), 1.0)
+  if batch['y'].shape != y_hat.shape:
+    raise ValueError(f"y_hat {y_hat.shape} and batch['y'] {batch['y'].shape} differ")
+  return cgml.l1_error(y_hat, batch)
 
 
 def soft_histogram(values: jax.Array, bins: int = 32, low: float = -1.0,

@@ -202,3 +202,5 @@ def test_errors_by_name_match_hand_computation():
   np.testing.assert_allclose(cgml.ERRORS['l2'](y_hat, batch), [(1 + 0 + 4 + 1) / 4])
   mask = jnp.array([[[1.0, 0.0], [1.0, 0.0]]])          # only the first column counts
   np.testing.assert_allclose(cgml.l2_error(y_hat, {'y': y, 'mask': mask}), [(1 + 4) / 2])
+  np.testing.assert_allclose(cgml.l1_error(y_hat, {'y': y, 'mask': mask}), [(1 + 2) / 2])
+  np.testing.assert_allclose(losses.masked_l1(y_hat, {'y': y, 'mask': mask}), [(1 + 2) / 2])

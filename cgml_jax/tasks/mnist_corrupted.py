@@ -3,8 +3,8 @@ some training targets are corrupted, and see which modes each method produces.
 
 Every example: a rectangle of random size inside the top half (rows 0..13) is masked; x is
 the masked image plus the mask channel, y the target; E = mean |y_hat - y| over the hole
-(`cgml_jax.losses.masked_l1`). Two corruptions of the training targets, drawn afresh every
-epoch (`data.corruption`):
+(`cgml_jax.cgml.l1_error`; `loss.error='l2'`: mean squared). Two corruptions of the
+training targets, drawn afresh every epoch (`data.corruption`):
 
   'overlap'  with probability `data.overlap_rate` (0.2) the top half of y is overlapped
              (pixel-wise max) with the top half of another random training digit. In the
@@ -45,7 +45,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from cgml_jax import cgml, losses
+from cgml_jax import cgml
 from cgml_jax.data import load_source
 from cgml_jax.metrics import modes as modes_lib
 from cgml_jax.tasks import complete, image
@@ -214,10 +214,8 @@ def _input_image(x):
 
 
 def _loss_fn(config):
-  """E on the hole: `loss.error` 'l1' (losses.masked_l1, the default) or 'l2' (the
-  masked mean squared error, cgml.l2_error)."""
-  error = config.get('loss', {}).get('error', 'l1')
-  return losses.masked_l1 if error == 'l1' else cgml.ERRORS[error]
+  """E on the hole: `loss.error` 'l1' (the default) or 'l2', both masked (cgml.ERRORS)."""
+  return cgml.ERRORS[config.loss.error]
 
 
 TASK = image.ImageTask(name='mnist_corrupted', in_channels=2, out_channels=1,

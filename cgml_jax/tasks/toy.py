@@ -104,7 +104,7 @@ def method_context(config, data: dict, workdir: str | None = None,
   parallel.process_batch_size(config.data.batch_size, mesh)  # fails early if uneven
   return methods_lib.Context(
       name='toy', config=config, models=lambda cfg, out: _models(cfg, cfg.model.z_dim),
-      loss_fn=cgml.ERRORS[config.get('loss', {}).get('error', 'l1')],
+      loss_fn=cgml.ERRORS[config.loss.error],
       example={k: v[:config.data.batch_size] for k, v in data.items()},
       batches=lambda: BatchIterator(data, config.data.batch_size, config.seed,
                                     jax.process_index(), jax.process_count()),
