@@ -10,6 +10,7 @@ from PIL import Image
 
 from cgml_jax import export
 from cgml_jax.tasks import colorize, image
+from cgml_jax.tasks import methods as methods_lib
 from cgml_jax.training import workdir as workdir_lib
 from experiments import colorize as colorize_config
 from experiments import sample as sample_cmd
@@ -33,7 +34,7 @@ def run(tmp_path_factory):
 def test_export_load_sample_is_bitwise_identical(run, tmp_path, method):
   config, _, trained, x = run
   key = jax.random.key(7)
-  want = image.sample(trained[method], x, key, 4)
+  want = methods_lib.sample(trained[method], x, key, 4)
   path = export.export(trained[method], config, tmp_path / 'model')
   model = export.load_pretrained(path)
   got = model.sample(x, key, 4)
@@ -54,7 +55,8 @@ def test_export_from_workdir_checkpoint(run, tmp_path):
   model = export.load_pretrained(export.export(wd, None, tmp_path / 'm'))  # cgml by default
   assert model.method == 'cgml'
   key = jax.random.key(3)
-  np.testing.assert_array_equal(model.sample(x, key, 2), image.sample(trained['cgml'], x, key, 2))
+  np.testing.assert_array_equal(model.sample(x, key, 2),
+                                methods_lib.sample(trained['cgml'], x, key, 2))
   with pytest.raises(export.ExportError, match='exists'):
     export.export(wd, None, tmp_path / 'm')
 

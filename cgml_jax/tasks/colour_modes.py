@@ -50,6 +50,7 @@ from cgml_jax import cgml
 from cgml_jax.data import load_source, parse_split
 from cgml_jax.metrics import modes as modes_lib
 from cgml_jax.tasks import image
+from cgml_jax.tasks import methods as methods_lib
 
 # Red, green, blue, yellow, cyan, magenta in [0, 1]: the first M are the default modes.
 PALETTE = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0),
@@ -263,7 +264,7 @@ def extra_eval(config, trained: dict, key, workdir: str) -> dict:
   n, bs, k = len(data['x']), config.eval.batch_size, int(config.eval.num_samples)
   out = {}
   for name, t in trained.items():
-    outs = [image.sample(t, data['x'][s:s + bs], jax.random.fold_in(key, s), k)
+    outs = [methods_lib.sample(t, data['x'][s:s + bs], jax.random.fold_in(key, s), k)
             for s in range(0, n, bs)]
     out[name] = mode_scores(config, data['x'], np.concatenate(outs))
     print(f'[colour_modes/{name}] ' + ', '.join(

@@ -490,17 +490,6 @@ def trajectory_outputs(state, x, key, num_starts: int, num_steps: int) -> np.nda
   return np.asarray(_trajectory(state, xs, z0, num_steps)).swapaxes(0, 1)
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted_sampler(sample_fn):
-  return jax.jit(sample_fn, static_argnums=3)
-
-
-def sample(trained: methods_lib.Trained, x, key, num_samples: int) -> np.ndarray:
-  """(B, K, ...) outputs of a trained method for inputs x."""
-  return np.asarray(_jitted_sampler(trained.sample_fn)(trained.state, jnp.asarray(x), key,
-                                                       num_samples))
-
-
 # ---------------------------------------------------------------------------------------
 # Evaluation.
 
@@ -603,7 +592,7 @@ def evaluate(task: ImageTask, config, trained: dict, key, lpips=None) -> tuple[d
       for start in range(0, n, bs):
         batch = {kk: v[start:start + bs] for kk, v in data.items()}
         k_b = jax.random.fold_in(jax.random.fold_in(key, p_i), start)
-        scores, imgs = score(task, config, batch, sample(t, batch['x'], k_b, k), lpips,
+        scores, imgs = score(task, config, batch, methods_lib.sample(t, batch['x'], k_b, k), lpips,
                              pixel_fn)
         acc.append(scores)
         if start == 0:

@@ -25,12 +25,14 @@ Every peer's G is built as its paper builds it: without cGML's spectral norm unl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from cgml_jax import cgml, regression
 from cgml_jax.models import conv, layers
@@ -376,6 +378,21 @@ class Trained:
   sample_fn: Callable
   history: list
   info: dict
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_sampler(sample_fn: Callable) -> Callable:
+  return jax.jit(sample_fn, static_argnums=3)
+
+
+def sample(trained: Trained, x, key: jax.Array, num_samples: int) -> np.ndarray:
+  """(B, K, ...) outputs of a trained method for inputs x (B, ...), as NumPy.
+
+  The sampler is jitted once per method (K static), so repeated calls over chunks of a
+  test set compile once per chunk shape.
+  """
+  return np.asarray(_jitted_sampler(trained.sample_fn)(trained.state, jnp.asarray(x), key,
+                                                       int(num_samples)))
 
 
 def train(name: str, ctx: Context, key: jax.Array) -> Trained:

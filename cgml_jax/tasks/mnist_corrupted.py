@@ -49,6 +49,7 @@ from cgml_jax import cgml
 from cgml_jax.data import load_source
 from cgml_jax.metrics import modes as modes_lib
 from cgml_jax.tasks import complete, image
+from cgml_jax.tasks import methods as methods_lib
 
 CORRUPTIONS = ('overlap', 'box')
 HALF = 14  # rows of the top half of a 28 x 28 digit
@@ -184,7 +185,8 @@ def extra_eval(config, trained: dict, key, workdir: str) -> dict:
   out = {}
   for name, t in runs:
     k = image.num_samples_of(name if name != 'cgml_T0' else 'cgml', config)
-    outs = [image.sample(t, data['x'][start:start + bs], jax.random.fold_in(key, start), k)
+    outs = [methods_lib.sample(t, data['x'][start:start + bs], jax.random.fold_in(key, start),
+                               k)
             for start in range(0, n, bs)]
     out[name] = mode_scores(config, data, np.concatenate(outs))
     print(f'[mnist_corrupted/{name}] {out[name]}', flush=True)

@@ -293,8 +293,8 @@ def predict(method: str, trained: methods_lib.Trained, x: np.ndarray, key: jax.A
             config) -> np.ndarray:
   """(N, K, S, S, C) outputs (K = 1 for the deterministic methods)."""
   k = 1 if methods_lib.is_deterministic(method) else int(config.eval.num_samples)
-  fn = jax.jit(trained.sample_fn, static_argnums=3)
-  return chunked(lambda xx: fn(trained.state, xx, key, k), x, config.eval.batch_size)
+  return chunked(lambda xx: methods_lib.sample(trained, xx, key, k), x,
+                 config.eval.batch_size)
 
 
 def random_encoder_features(config, key: jax.Array, x_train: np.ndarray, x_test: np.ndarray):

@@ -119,12 +119,6 @@ def train_method(method: str, config, data: dict, key: jax.Array, workdir: str |
   return methods_lib.train(method, method_context(config, data, workdir, writer), key)
 
 
-def sample_method(trained: methods_lib.Trained, x: np.ndarray, key: jax.Array, config):
-  """(N, K, 3) samples; for 'l1' the one prediction repeated K times."""
-  fn = jax.jit(trained.sample_fn, static_argnums=3)
-  return np.asarray(fn(trained.state, jnp.asarray(x), key, int(config.eval.num_samples)))
-
-
 def rho_map(state, x: np.ndarray, key: jax.Array, num_samples: int, num_steps: int):
   """Mean predicted rho_hat along traversals: (num_steps, N) for a heat map over (t, x)."""
   @jax.jit
@@ -299,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   trained = methods_lib.train_all(ctx, k_models)
   results, samples, rho, rho_xy = {}, {}, None, None
   for method, t in trained.items():
-    s = sample_method(t, test['x'], k_eval, config)
+    s = methods_lib.sample(t, test['x'], k_eval, config.eval.num_samples)
     samples[method] = s
     if config.logging.images:
       writer.write_images(config.train.steps, {f'toy/{method}/samples':
