@@ -366,16 +366,21 @@ def modes_table(results: dict) -> str:
               + ' | '.join(k for k, _ in MODES_COLUMNS)
               + ' | first mode share | seeds meeting target |',
               '|---|' + '---|' * (len(order) + len(MODES_COLUMNS) + 2)]
-    for method in first['task_metrics']:
-      runs = [seeds[s]['task_metrics'][method] for s in order]
-      cells = ' | '.join(f"{r['coverage']:.3f} / {r['phantom_rate']:.3f} / "
-                         f"{r['mode_frequency_error']:.3f}" for r in runs)
+    methods = list(dict.fromkeys(m for s in order for m in seeds[s]['task_metrics']))
+    for method in methods:
+      # A method may have run on some seeds only (cells '–'); its statistics and its
+      # 'k of n' count the seeds it ran on.
+      ran = [s for s in order if method in seeds[s]['task_metrics']]
+      runs = [seeds[s]['task_metrics'][method] for s in ran]
+      cells = ' | '.join(
+          f"{r['coverage']:.3f} / {r['phantom_rate']:.3f} / {r['mode_frequency_error']:.3f}"
+          if (r := seeds[s]['task_metrics'].get(method)) else '–' for s in order)
       stats = ' | '.join(_mean_std_fmt([r.get(k) if r.get(k) == r.get(k) else None
                                         for r in runs], fmt) for k, fmt in MODES_COLUMNS)
       share = _mean_std_fmt([_first_share(r) for r in runs], '.3f')
-      met = sum(_meets_modes_target(task, _config(seeds[s]), r) for s, r in zip(order, runs))
+      met = sum(_meets_modes_target(task, _config(seeds[s]), r) for s, r in zip(ran, runs))
       lines.append(f'| {METHOD_NAMES.get(method, method)} | {cells} | {stats} | {share} | '
-                   f'{met} of {len(order)} |')
+                   f'{met} of {len(ran)} |')
     lines.append('')
   return '\n'.join(lines).rstrip('\n')
 

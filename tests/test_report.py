@@ -87,3 +87,14 @@ def test_modes_table_applies_each_task_target():
   assert rows[0].endswith('| 1 of 2 |')   # seed 1 has 20 % phantoms
   assert rows[1].endswith('| 1 of 2 |')   # seed 1's box share 0.45 is off the prior 0.3
   assert '0.950 / 0.000 / 0.050' in rows[0] and '| 0.350 ± 0.141 |' in rows[1]
+
+
+def test_modes_table_methods_on_some_seeds():
+  only = _modes_run('colour_modes', 0.95, 0.0, 0.05, 0.33)
+  both = _modes_run('colour_modes', 0.5, 0.0, 0.4, 0.6)
+  both['task_metrics']['cimle'] = dict(only['task_metrics']['cgml'])
+  out = report.modes_table({'cm/a': {0: both, 1: only}})
+  rows = {line.split(' | ')[0]: line for line in out.splitlines() if line.startswith('| ')}
+  assert rows['| cimle'].endswith('| 1 of 1 |') and '| – |' in rows['| cimle']
+  assert rows['| cGML with ρ'].endswith('| 1 of 2 |')
+  assert '| 0.725 ± 0.318 |' in rows['| cGML with ρ']
