@@ -2,11 +2,14 @@
 
   python -m experiments.run --config=experiments/mnist_corrupted.py --workdir=runs/mnist_overlap
   python -m experiments.run --config=experiments/mnist_corrupted.py:box --workdir=runs/mnist_box
+  python -m experiments.run --config=experiments/mnist_corrupted.py:box,best --workdir=runs/box_best
   python -m experiments.run --config=experiments/mnist_corrupted.py:smoke --workdir=runs/m_smoke
 
 'overlap' (default): 20% of training targets have their top half overlapped with another
 digit; 'box': a white box in the hole of 30% of the targets. Offline MNIST from
 $CGML_DATA_DIR (or ../shared/data); test = the official 10k test set (first eval.num_test).
+`best` (not in the paper): E = L2 and z_0 the best of 16 sphere points, as colour modes'
+`best`; the run reports cGML with Eq. 4 and at T = 0 (docs/multimodality.md).
 """
 
 import ml_collections
@@ -16,7 +19,7 @@ from cgml_jax.tasks import image
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = configs.parse_arg(arg, overlap=False, box=False, smoke=False)
+  a = configs.parse_arg(arg, overlap=False, box=False, smoke=False, best=False)
   if a.overlap and a.box:
     raise ValueError("config arguments 'overlap' and 'box' exclude each other")
   c = image.base_config('mnist_corrupted')
@@ -51,11 +54,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.eval.num_test = 300
   c.eval.lpips = False         # MNIST: pixel metrics and the mode measurements only
-  c.eval.num_samples = 10      # K
+  c.eval.num_samples = 16 if a.box else 10  # K (the box's mode target is set at K = 16)
   c.eval.batch_size = 50
   c.eval.clean_tau = 0.1       # overlap: a sample is on the clean mode if its hole error < tau
   c.eval.box_threshold = 0.5   # box: a sample has the box if its mean on the box pixels
                                # the clean digit leaves dark exceeds this ([0, 1] units)
+  if a.best:
+    # Not in the paper: the colour-modes `best` (experiments/colour_modes.py), E = L2 and
+    # z_0 of each batch the best of 16 random sphere points by E.
+    c.loss.error = 'l2'
+    c.latent.init_candidates = 16
   if a.smoke:
     image.smoke(c, image_size=28)
     c.data.train_split = 'train[:256]'
