@@ -25,14 +25,19 @@ TASKS = {
 }
 
 
-def code_version() -> dict:
+def code_version(root: str | None = None) -> dict:
   """The git commit of this checkout and whether it had uncommitted changes, or the
-  package version where the code is not a git checkout."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  package version where the code is not a git checkout.
+
+  Changes under results/ do not count: they are outputs (a seed sweep copies each seed's
+  metrics there, and must not mark its own next seeds as run from a modified tree).
+  """
+  root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True,
                             text=True, timeout=10, check=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--',
+                            '.', ':(exclude)results'],
                            cwd=root, capture_output=True, text=True, timeout=10,
                            check=True).stdout.strip()
     return {'commit': commit, 'dirty': bool(dirty)}

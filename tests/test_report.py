@@ -1,6 +1,10 @@
 """The results tables in README.md and docs/ are what `experiments.report` generates from
-the committed result files, and the generator itself on hand-made results."""
+the committed result files, and the generator itself on hand-made results; the
+provenance that marks which result files may be committed."""
 
+import subprocess
+
+from cgml_jax import train
 from experiments import report
 
 
@@ -98,3 +102,21 @@ def test_modes_table_methods_on_some_seeds():
   assert rows['| cimle'].endswith('| 1 of 1 |') and '| – |' in rows['| cimle']
   assert rows['| cGML with ρ'].endswith('| 1 of 2 |')
   assert '| 0.725 ± 0.318 |' in rows['| cGML with ρ']
+
+
+def test_code_version_ignores_results(tmp_path):
+  """A sweep copies each seed's metrics into results/: that must not mark the tree, and so
+  the sweep's next seeds, as modified; a change to anything else must."""
+  git = lambda *a: subprocess.run(['git', '-C', str(tmp_path), *a], check=True,  # noqa: E731
+                                  capture_output=True)
+  git('init', '-q')
+  (tmp_path / 'results').mkdir()
+  (tmp_path / 'results' / 'seed0.json').write_text('{}')
+  (tmp_path / 'code.py').write_text('x = 1\n')
+  git('add', '.')
+  git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'init')
+  assert train.code_version(str(tmp_path))['dirty'] is False
+  (tmp_path / 'results' / 'seed0.json').write_text('{"a": 1}')
+  assert train.code_version(str(tmp_path))['dirty'] is False
+  (tmp_path / 'code.py').write_text('x = 2\n')
+  assert train.code_version(str(tmp_path))['dirty'] is True
