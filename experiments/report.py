@@ -91,29 +91,39 @@ def _budget(m: dict) -> str:
 # Tables.
 
 TOY_TARGET = (0.95, 0.05)  # coverage >= , phantom <=
-TOY_METHODS = {'l1': 'L1 regression', 'cgml_no_rho': 'cGML w/o ρ', 'cgml': 'cGML with ρ'}
+TOY_METHODS = {'l1': 'L1 regression', 'cgml_no_rho': 'cGML w/o ρ', 'cgml': 'cGML with ρ',
+               'cimle': 'cIMLE'}
 
 
 def toy_table(results: dict) -> str:
   """Per run set of the toy: one row per method, coverage / phantom per seed and mean ±
-  std, and how many seeds meet coverage >= 0.95 and phantom <= 0.05."""
+  std, the final E (after the z steps of the last batch), and how many seeds meet
+  coverage >= 0.95 and phantom <= 0.05. The header names the scales and the z step's
+  beta and candidates N of the run set's config."""
   lines = []
   for run_set, seeds in results.items():
     order = sorted(seeds)
-    present = set(next(iter(seeds.values()))['methods'])
+    first = next(iter(seeds.values()))
+    present = set(first['methods'])
     methods = [m for m in TOY_METHODS if m in present] + sorted(present - set(TOY_METHODS))
-    modes = ', '.join(f'{s:g}' for s in next(iter(seeds.values()))['modes'])
-    lines += [f'**{run_set}** (s = {modes}; cells: coverage / phantom rate)', '',
+    modes = ', '.join(f'{s:g}' for s in first['modes'])
+    latent = _config(first).get('latent', {})
+    step = (f"; β = {latent['step_size']:g}, N = {latent.get('init_candidates', 1)}"
+            if 'step_size' in latent else '')
+    lines += [f'**{run_set}** (s = {modes}{step}; cells: coverage / phantom rate)', '',
               '| method | ' + ' | '.join(f'seed {s}' for s in order)
-              + ' | coverage | phantom | seeds meeting target |',
-              '|---|' + '---|' * (len(order) + 3)]
+              + ' | coverage | phantom | final E | seeds meeting target |',
+              '|---|' + '---|' * (len(order) + 4)]
     for method in methods:
-      cov = [seeds[s]['methods'][method]['coverage'] for s in order]
-      ph = [seeds[s]['methods'][method]['phantom_rate'] for s in order]
+      runs = [seeds[s]['methods'][method] for s in order]
+      cov = [r['coverage'] for r in runs]
+      ph = [r['phantom_rate'] for r in runs]
+      final_e = [r['final_E'] for r in runs if 'final_E' in r]
       met = sum(c >= TOY_TARGET[0] and p <= TOY_TARGET[1] for c, p in zip(cov, ph))
       cells = ' | '.join(f'{c:.3f} / {p:.3f}' for c, p in zip(cov, ph))
+      e_cell = mean_std(final_e) if len(final_e) == len(runs) else ''
       lines.append(f'| {TOY_METHODS.get(method, method)} | {cells} | {mean_std(cov)} | '
-                   f'{mean_std(ph)} | {met} of {len(order)} |')
+                   f'{mean_std(ph)} | {e_cell} | {met} of {len(order)} |')
     lines.append('')
   return '\n'.join(lines).rstrip('\n')
 

@@ -13,11 +13,12 @@ def test_docs_tables_match_the_committed_results():
 
 
 def _toy_run(cov, phantom):
-  methods = {m: {'coverage': c, 'phantom_rate': p, 'train_seconds': 10.0}
+  methods = {m: {'coverage': c, 'phantom_rate': p, 'train_seconds': 10.0, 'final_E': c / 10}
              for m, c, p in (('l1', 0.0, 0.5), ('cgml', cov, phantom))}
   return {'modes': [4.0, -4.0], 'methods': methods,
           'provenance': {'config': {'task': 'toy', 'train': {'steps': 20, 'inner_steps': 2},
-                                    'data': {'batch_size': 8}},
+                                    'data': {'batch_size': 8},
+                                    'latent': {'step_size': 0.3, 'init_candidates': 16}},
                          'hardware': 'cpu x1'}}
 
 
@@ -29,7 +30,8 @@ def test_tables_from_hand_made_results():
   out = report.render(text, results, 'doc.md')
   assert 'old' not in out and out.startswith('x\n') and '\ny\n' in out
   assert ('| cGML with ρ | 1.000 / 0.000 | 0.900 / 0.100 | 0.950 ± 0.071 | 0.050 ± 0.071 '
-          '| 1 of 2 |') in out
+          '| 0.095 ± 0.007 | 1 of 2 |') in out
+  assert '**toy/a** (s = 4, -4; β = 0.3, N = 16; cells' in out
   assert '| toy/a | 2 | 20 × 8, l = 2 | cpu x1 | 0.3 min | cGML coverage 0.950 ± 0.071' in out
   assert '*No result files match yet.*' in out   # a pattern with no run sets says so
   assert report.render(out, results, 'doc.md') == out   # regenerating changes nothing

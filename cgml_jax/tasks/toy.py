@@ -32,7 +32,7 @@ from cgml_jax.tasks import methods as methods_lib
 from cgml_jax.training import parallel
 from cgml_jax.training import workdir as workdir_lib
 
-METHODS = ('l1', 'cgml_no_rho', 'cgml')
+METHODS = ('l1', 'cgml_no_rho', 'cgml', 'cimle')  # cimle: the one peer with no D (MLP G)
 
 
 def validate_modes(modes) -> np.ndarray:
@@ -221,7 +221,7 @@ def plot(workdir: str, x: np.ndarray, samples: dict, modes: np.ndarray, rho: np.
 
   cols = ['truth'] + [m for m in METHODS if m in samples]
   titles = {'truth': 'ground truth', 'l1': 'L1 regression', 'cgml_no_rho': 'cGML w/o ρ',
-            'cgml': 'cGML with ρ'}
+            'cgml': 'cGML with ρ', 'cimle': 'cIMLE'}
   xs = np.linspace(-1, 1, 400)[:, None]
   truth = branches(xs, modes)
   fig, axes = plt.subplots(3, len(cols), figsize=(3.2 * len(cols), 8), sharex=True,
