@@ -209,11 +209,18 @@ def image_table(results: dict) -> str:
 def _headline(m_by_seed: dict[int, dict]) -> str:
   first = next(iter(m_by_seed.values()))
   if 'modes' in first:  # the toy: cGML with rho, else the first method the runs have
-    names = {'cgml': 'cGML', 'cgml_no_rho': 'cGML w/o ρ', 'l1': 'L1'}
+    names = {'cgml': 'cGML', 'cgml_no_rho': 'cGML w/o ρ', 'l1': 'L1', 'cimle': 'cIMLE'}
     method = next((m for m in names if m in first['methods']), next(iter(first['methods'])))
     runs = [m['methods'][method] for m in m_by_seed.values() if method in m['methods']]
     return (f"{names.get(method, method)} coverage {mean_std([r['coverage'] for r in runs])}, "
             f"phantom {mean_std([r['phantom_rate'] for r in runs])}")
+  if 'task_metrics' in first and _config(first).get('task') == 'mnist_corrupted':
+    # MNIST box: every row (cGML with Eq. 4 and at T = 0), coverage and the box's share
+    return '; '.join(
+        f"{METHOD_NAMES.get(k, k)} coverage "
+        f"{mean_std([m['task_metrics'][k]['coverage'] for m in m_by_seed.values()])}, box "
+        f"share {mean_std([_first_share(m['task_metrics'][k]) for m in m_by_seed.values()])}"
+        for k in first['task_metrics'])
   if 'task_metrics' in first:  # known-mode benchmarks: the cGML row, else the first one
     method = 'cgml' if 'cgml' in first['task_metrics'] else next(iter(first['task_metrics']))
     runs = [m['task_metrics'][method] for m in m_by_seed.values()]
@@ -337,7 +344,8 @@ def estimate_table(estimates: dict) -> str:
 MODES_TARGET = (0.90, 0.10, 0.10)  # coverage >=, phantom rate <=, frequency error <=
 MODES_COLUMNS = (('coverage', '.3f'), ('phantom_rate', '.3f'), ('mode_frequency_error', '.3f'),
                  ('fidelity', '.4f'), ('fidelity_nearest', '.4f'))
-METHOD_NAMES = {'l1': 'L1 regression', 'cgml_no_rho': 'cGML w/o ρ', 'cgml': 'cGML with ρ'}
+METHOD_NAMES = {'l1': 'L1 regression', 'cgml_no_rho': 'cGML w/o ρ', 'cgml': 'cGML with ρ',
+                'cgml_T0': 'cGML at T = 0'}
 
 
 def _first_share(r: dict) -> float:

@@ -122,3 +122,12 @@ def test_code_version_ignores_results(tmp_path):
   assert train.code_version(str(tmp_path))['dirty'] is False
   (tmp_path / 'code.py').write_text('x = 2\n')
   assert train.code_version(str(tmp_path))['dirty'] is True
+
+
+def test_readme_headline_of_mnist_box_names_every_row():
+  run = _modes_run('mnist_corrupted', 0.4, 0.0, 0.1, 0.15)
+  run['task_metrics']['cgml_T0'] = {'coverage': 0.96, 'phantom_rate': 0.0,
+                                    'mode_frequency_error': 0.05, 'box_sample_rate': 0.33}
+  out = report.readme_table({'mnist_box/a': {0: run}})
+  assert ('cGML with ρ coverage 0.400, box share 0.150; cGML at T = 0 coverage 0.960, '
+          'box share 0.330') in out
