@@ -4,9 +4,9 @@
   python -m experiments.run --config=experiments/compare_mnist.py --workdir=runs/cmp_mnist
   python -m experiments.run --config=experiments/compare_mnist.py:smoke --workdir=runs/cs
 
-The task part is experiments/mnist_corrupted.py (same arguments: overlap, box, smoke); this
-adds the peers' fields (cgml_jax.tasks.image.add_comparison_fields), the method list and the
-representation probe (CIFAR-10 rows as grey 28px inputs, and MNIST digits).
+The task part is experiments/mnist_corrupted.py (same arguments: overlap, box, best, smoke;
+`best`: E = L2 for every method, best-of-16 z_0 for cGML). This adds the peers' fields
+(cgml_jax.tasks.image.add_comparison_fields), the method list and the representation probe (CIFAR-10 rows as grey 28px inputs, and MNIST digits).
 """
 
 import ml_collections
@@ -17,7 +17,7 @@ from experiments import mnist_corrupted
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = configs.parse_arg(arg, overlap=False, box=False, smoke=False)
+  a = configs.parse_arg(arg, overlap=False, box=False, smoke=False, best=False)
   c = image.add_comparison_fields(mnist_corrupted.get_config(arg))
   c.methods = ('l1', 'cgml', 'context_encoder', 'pix2pix', 'basisgan', 'mrgan',
                'pix2pix+msgan')
