@@ -6,7 +6,8 @@
 
 The task part is experiments/mnist_corrupted.py (same arguments: overlap, box, best, smoke;
 `best`: E = L2 for every method, best-of-16 z_0 for cGML). This adds the peers' fields
-(cgml_jax.tasks.image.add_comparison_fields), the method list and the representation probe (CIFAR-10 rows as grey 28px inputs, and MNIST digits).
+(cgml_jax.tasks.image.add_comparison_fields), the method list and the representation probe
+(CIFAR-10 rows as grey 28px inputs, and MNIST digits).
 """
 
 import ml_collections
