@@ -60,9 +60,14 @@ def test_cifar_splits_are_class_balanced_and_documented():
   labels = src.arrays['label'][src.indices]
   np.testing.assert_array_equal(np.bincount(labels), [100] * 10)
   _, idx = data.split_indices('cifar10', 'test')
-  # The file is sorted by class, 1000 per class: test = rows 900:1000 of each class.
-  np.testing.assert_array_equal(idx[:100], np.arange(900, 1000))
-  np.testing.assert_array_equal(idx[-100:], np.arange(9900, 10000))
+  # The file is sorted by class, 1000 per class: test = rows 900:1000 of each class,
+  # interleaved class by class, so that every prefix is balanced.
+  np.testing.assert_array_equal(np.sort(idx), np.concatenate(
+      [np.arange(c * 1000 + 900, c * 1000 + 1000) for c in range(10)]))
+  np.testing.assert_array_equal(idx[:10], np.arange(10) * 1000 + 900)
+  src = data.load_source('cifar10', 'validation[:64]')
+  counts = np.bincount(src.arrays['label'][src.indices], minlength=10)
+  assert counts.min() >= 6 and counts.max() <= 7, counts
 
 
 def test_local_source_examples_and_split_slice():

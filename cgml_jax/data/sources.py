@@ -459,8 +459,11 @@ def split_indices(name: str, split: str, data_dir: str | os.PathLike | None = No
   if rule == 'per_class':
     with np.load(path) as f:
       labels = f['labels']
-    rows = np.concatenate([np.flatnonzero(labels == c)[start:stop]
-                           for c in np.unique(labels)])
+    # Rows [start, stop) of each class, interleaved class by class (the file is sorted
+    # by class), so that any prefix of the split, e.g. 'validation[:64]', is balanced.
+    per_class = [np.flatnonzero(labels == c)[start:stop] for c in np.unique(labels)]
+    rank = np.concatenate([np.arange(len(r)) for r in per_class])
+    rows = np.concatenate(per_class)[np.argsort(rank, kind='stable')]
   else:
     rows = np.arange(_npz_rows(path, next(iter(ds.keys))))[start:stop]
   return path, rows[sl]
