@@ -367,8 +367,8 @@ def _meets_modes_target(task: str, config: dict, r: dict) -> bool:
 def modes_table(results: dict) -> str:
   """Known-mode image benchmarks (metrics.json 'task_metrics'): per run set, one row per
   method with coverage / phantom / frequency error per seed, mean ± std of each known-mode
-  metric, the share of the first mode (the box on MNIST), and the seeds meeting the
-  task's target (`_meets_modes_target`)."""
+  metric, the share of the first mode (the box on MNIST), the method's training wall time
+  in seconds, and the seeds meeting the task's target (`_meets_modes_target`)."""
   lines = []
   for run_set, seeds in results.items():
     order = sorted(seeds)
@@ -382,8 +382,8 @@ def modes_table(results: dict) -> str:
               f'frequency error; target: {target})', '',
               '| method | ' + ' | '.join(f'seed {s}' for s in order) + ' | '
               + ' | '.join(k for k, _ in MODES_COLUMNS)
-              + ' | first mode share | seeds meeting target |',
-              '|---|' + '---|' * (len(order) + len(MODES_COLUMNS) + 2)]
+              + ' | first mode share | train s | seeds meeting target |',
+              '|---|' + '---|' * (len(order) + len(MODES_COLUMNS) + 3)]
     methods = list(dict.fromkeys(m for s in order for m in seeds[s]['task_metrics']))
     for method in methods:
       # A method may have run on some seeds only (cells '–'); its statistics and its
@@ -396,9 +396,12 @@ def modes_table(results: dict) -> str:
       stats = ' | '.join(_mean_std_fmt([r.get(k) if r.get(k) == r.get(k) else None
                                         for r in runs], fmt) for k, fmt in MODES_COLUMNS)
       share = _mean_std_fmt([_first_share(r) for r in runs], '.3f')
+      # training wall time of the method (its cost; a T = 0 row has no training of its own)
+      secs = _mean_std_fmt([seeds[s].get('train', {}).get(method, {}).get('seconds')
+                            for s in ran], '.0f')
       met = sum(_meets_modes_target(task, _config(seeds[s]), r) for s, r in zip(ran, runs))
       lines.append(f'| {METHOD_NAMES.get(method, method)} | {cells} | {stats} | {share} | '
-                   f'{met} of {len(ran)} |')
+                   f'{secs} | {met} of {len(ran)} |')
     lines.append('')
   return '\n'.join(lines).rstrip('\n')
 

@@ -77,7 +77,7 @@ def _modes_run(task, coverage, phantom, error, share):
     r['box_sample_rate'] = share
   else:
     r['mode_histogram'] = [share, 1 - share - phantom, 0.0]
-  return {'task_metrics': {'cgml': r},
+  return {'task_metrics': {'cgml': r}, 'train': {'cgml': {'seconds': 60.0 + 20 * coverage}},
           'provenance': {'config': {'task': task, 'loss': {'error': 'l2'},
                                     'eval': {'num_samples': 16},
                                     'data': {'box_rate': 0.3}}}}
@@ -93,6 +93,7 @@ def test_modes_table_applies_each_task_target():
   assert rows[0].endswith('| 1 of 2 |')   # seed 1 has 20 % phantoms
   assert rows[1].endswith('| 1 of 2 |')   # seed 1's box share 0.45 is off the prior 0.3
   assert '0.950 / 0.000 / 0.050' in rows[0] and '| 0.350 ± 0.141 |' in rows[1]
+  assert '| 79 ± 0 | 1 of 2 |' in rows[0]   # training seconds, mean ± std
 
 
 def test_modes_table_methods_on_some_seeds():
