@@ -1,7 +1,8 @@
 """Colorization, cGML vs the L1 baseline: known colour modes by default, photos on request.
 
   python -m experiments.run --config=experiments/colorize.py --workdir=runs/colorize
-  python -m experiments.run --config=experiments/colorize.py:best --workdir=runs/colorize_best
+  python -m experiments.run --config=experiments/colorize.py --workdir=runs/colorize_alg1 \
+      --config.latent.init_candidates=1    # cGML exactly as the paper writes it
   python -m experiments.run --config=experiments/colorize.py:photos --workdir=runs/photos
   python -m experiments.run --config=experiments/colorize.py:photos,smoke --workdir=runs/c_smoke
   python -m experiments.run --config=experiments/colorize.py:paper --workdir=runs/colorize_paper \
@@ -16,6 +17,9 @@ The default is the colour-modes task (`experiments/colour_modes.py`; arguments `
 `mnist` and `smoke` pass through): embedded grey shapes, each to be coloured red, green or
 blue, so every input has three known answers and the run reports how many of them the K
 samples find (coverage, phantom rate; docs/multimodality.md). No download, no data folder.
+Its cGML draws each batch's z_0 as the best of 16 sphere points (not in the paper; the
+seed sweeps of docs/multimodality.md); `--config.latent.init_candidates=1` is the paper's
+Algorithm 1 (here `paper` means the paper-scale photo config below).
 
 `photos` is the paper's Sec. 5.2 colorization, L -> ab in CIE-LAB, on the embedded
 scikit-image crops (32x32; no download) or any photo source through `data.name`.

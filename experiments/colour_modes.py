@@ -2,14 +2,16 @@
 example from a prior, so every input has M known answers (cgml_jax/tasks/colour_modes.py).
 
   python -m experiments.run --config=experiments/colour_modes.py --workdir=runs/modes
-  python -m experiments.run --config=experiments/colour_modes.py:best --workdir=runs/modes_best
+  python -m experiments.run --config=experiments/colour_modes.py:paper --workdir=runs/modes_paper
   python -m experiments.run --config=experiments/colour_modes.py:mnist --workdir=runs/modes_mnist
   python -m experiments.run --config=experiments/colour_modes.py:smoke --workdir=runs/modes_smoke
   python -m experiments.run --config=experiments/colour_modes.py --workdir=runs/modes_m4 \
       --config.data.num_modes=4 --config.data.prior='(0.4, 0.3, 0.2, 0.1)'
 
-The default draws embedded shapes (no files) and trains L1 and cGML as the paper writes
-it; `best` picks each batch's z_0 as the best of 16 sphere points (not in the paper);
+The default draws embedded shapes (no files) and trains L1 and cGML with each batch's z_0
+the best of 16 sphere points (`latent.init_candidates`; not in the paper, chosen by the
+seed sweeps of docs/multimodality.md; `best` names the same); `paper` is cGML as the paper
+writes it (z_0 one random point), the same as `--config.latent.init_candidates=1`;
 `mnist` reads the offline digits from $CGML_DATA_DIR. Besides the generic image metrics,
 metrics.json's 'task_metrics' holds the known-mode metrics (coverage, phantom_rate,
 mode_frequency_error, fidelity) per method.
@@ -22,7 +24,9 @@ from cgml_jax.tasks import colour_modes, image
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = configs.parse_arg(arg, smoke=False, mnist=False, best=False)
+  a = configs.parse_arg(arg, smoke=False, mnist=False, best=False, paper=False)
+  if a.best and a.paper:
+    raise ValueError("config arguments 'best' and 'paper' exclude each other")
   c = image.base_config('colour_modes')
   c.data.name = 'mnist' if a.mnist else 'shapes'  # 'shapes' (embedded, no files) or 'mnist'
   c.data.image_size = 28 if a.mnist else 32
@@ -61,10 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.lpips = False         # flat colours: pixel metrics and the mode metrics suffice
   c.eval.mode_tau = -1.0       # RGB distance tolerance of the mode rule; < 0 = half the
                                # smallest palette gap (colour_modes.tau)
-  if a.best:
-    # Not in the paper: z_0 of each batch is the best of 16 random sphere points by E
-    # (`latent.init_candidates`, as the toy's `best`); inference is unchanged.
-    c.latent.init_candidates = 16
+  # Not in the paper: z_0 of each batch is the best of 16 random sphere points by E (as
+  # the toy's `best`); inference is unchanged. Over seeds 0-4 this meets the mode target
+  # on 5 of 5 seeds, the paper's random z_0 on 0 of 5 (docs/multimodality.md).
+  c.latent.init_candidates = 1 if a.paper else 16
   if a.smoke:
     image.smoke(c, image_size=28 if a.mnist else 16)
     if a.mnist:

@@ -124,7 +124,11 @@ def test_multi_process_runs_are_not_initialised_early(monkeypatch):
 
 def test_colorize_defaults_to_colour_modes_and_photos_is_one_argument_away():
   assert colorize.get_config().task == 'colour_modes'
+  assert colorize.get_config().latent.init_candidates == 16   # best-of-16 by default
   assert colorize.get_config('best').latent.init_candidates == 16
+  from experiments import colour_modes, compare_modes
+  assert colour_modes.get_config('paper').latent.init_candidates == 1
+  assert compare_modes.get_config().latent.init_candidates == 1   # the paper's cGML row
   assert colorize.get_config('photos').task == 'colorize'
   assert colorize.get_config('paper').data.name == 'tfds:stl10'
   with pytest.raises(ValueError, match="'best' and 'mnist' are for the colour-modes"):
