@@ -109,7 +109,7 @@ def toy_table(results: dict) -> str:
     modes = ', '.join(f'{s:g}' for s in first['modes'])
     latent = _config(first).get('latent', {})
     step = (f"; β = {latent['step_size']:g}, N = {latent.get('init_candidates', 1)}"
-            if 'step_size' in latent else '')
+            if 'step_size' in latent and present & {'cgml', 'cgml_no_rho'} else '')
     lines += [f'**{run_set}** (s = {modes}{step}; cells: coverage / phantom rate)', '',
               '| method | ' + ' | '.join(f'seed {s}' for s in order)
               + ' | coverage | phantom | final E | seeds meeting target |',
