@@ -44,7 +44,7 @@ def test_every_latent_option_works_on_every_task(name):
                           alpha=config.latent.alpha, inner_steps=config.train.inner_steps,
                           use_momentum=True, generator_update='last', latent_init='persistent',
                           clip_step=True, step_size_decay=0.5, unroll=False,
-                          z_loss='joint')
+                          init_candidates=config.latent.init_candidates, z_loss='joint')
   assert not methods_lib.hyper(config, 'cgml_no_rho').use_momentum
 
 
