@@ -173,6 +173,12 @@ def add_peer_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.bicyclegan.gan_loss = 'lsgan'    # the paper's LSGAN; or 'ns'
   c.bicyclegan.lr = 2e-4             # Adam(lr, beta1 0.5) for H, G, E and D
 
+  return add_cimle_fields(c)
+
+
+def add_cimle_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """cIMLE's hyper-parameters alone: the one peer with no discriminator, so tasks without
+  one (the toy) offer it without the GAN peers' fields."""
   # Conditional IMLE (Li et al. 2019; cgml_jax.peers.cimle).
   c.cimle = ml_collections.ConfigDict()
   c.cimle.num_latents = 10     # m latents per input; the nearest sample is trained
@@ -362,6 +368,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(config, 'mrgan.loss', mrgan.LOSSES)
     _choice(config, 'mrgan.dist', mrgan.DISTRIBUTIONS)
   _int(config, 'mrgan.num_samples', 2)
+  _int(config, 'cimle.num_latents', 1)
   _choice(config, 'mrgan.noise', ('spatial', 'vector'))
   for f in ('noise_channels', 'noise_maps', 'disc_batch_size', 'gen_batch_size',
             'predictor_batch_size', 'predictor_steps', 'predictor_eval_every',

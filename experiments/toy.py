@@ -22,9 +22,9 @@ from cgml_jax import configs
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = configs.parse_arg(arg, paper=False, best=False, smoke=False)
   c = configs.base('toy', methods=('l1', 'cgml_no_rho', 'cgml'))
-  # The peers' fields: of the peers, cIMLE (no discriminator) runs on the toy's MLPs, with
+  # Of the peers, cIMLE (no discriminator) runs on the toy's MLPs, with
   # `--config.methods="('cgml', 'cimle')"`; it uses the train block's optimiser.
-  configs.add_peer_fields(c)
+  configs.add_cimle_fields(c)
 
   c.data = ml_collections.ConfigDict()
   c.data.modes = (4.0, -4.0)   # the scales s; y = s * (x, x^2, x^3), up to 4 distinct values

@@ -158,3 +158,15 @@ def test_cimle_trains_on_the_toy(tmp_path):
   assert r['final_update_norm']['update_norm'] > 0, r
   assert 0.0 <= r['coverage'] <= 1.0 and 0.0 <= r['phantom_rate'] <= 1.0
   assert os.path.exists(tmp_path / 'fig3_toy.png')
+
+
+def test_toy_offers_cimle_only_of_the_peers(tmp_path):
+  """The toy config carries cIMLE's fields and no GAN fields; asking it for a GAN peer
+  is refused in one line before any work."""
+  config = toy_config.get_config('smoke')
+  assert 'cimle' in config and 'gan' not in config
+  with config.unlocked():
+    config.methods = ('pix2pix',)
+    config.train.steps = 1
+  with pytest.raises(ValueError, match="unknown toy method 'pix2pix'"):
+    train.train_and_evaluate(config, str(tmp_path))

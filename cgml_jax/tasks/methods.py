@@ -232,10 +232,10 @@ def build(name: str, ctx: Context, key: jax.Array) -> Built:
                                   num_examples=ctx.num_examples)
     t = int(config.latent.traverse_steps)
     return Built(state, cgml.train_step, lambda s, x, k, n: cgml.sample(s, x, k, n, t))
-  if 'gan' not in config:
-    raise ValueError(f'method {name!r} needs the peer fields (cgml_jax.configs.'
-                     'add_peer_fields) in the config')
   if base == 'cimle':
+    if 'cimle' not in config:
+      raise ValueError("method 'cimle' needs its fields (cgml_jax.configs.add_cimle_fields) "
+                       'in the config')
     # No discriminator: the same optimiser and schedule as L1 and cGML (train block).
     c = config.cimle
     tx = optim.from_config(config.train, config.train.lr if c.lr < 0 else c.lr)
@@ -243,6 +243,9 @@ def build(name: str, ctx: Context, key: jax.Array) -> Built:
     state = cimle_lib.CIMLEState.create(key, x, encoder=enc, generator=gen, tx=tx, hp=hp,
                                         loss_fn=ctx.loss_fn)
     return Built(state, cimle_lib.cimle_step, cimle_lib.cimle_sample)
+  if 'gan' not in config:
+    raise ValueError(f'method {name!r} needs the peer fields (cgml_jax.configs.'
+                     'add_peer_fields) in the config')
   if ctx.discriminator is None:
     raise ValueError(f'task {ctx.name!r} does not offer the GAN peers (no discriminator)')
   g = config.gan
