@@ -30,6 +30,8 @@ import sys
 
 import numpy as np
 
+from cgml_jax.tasks.names import display
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'results')
 MARKER = re.compile(r'(<!-- report:(\S+)(?: (\S+))? -->\n)(.*?)(<!-- /report -->)', re.S)
@@ -91,8 +93,7 @@ def _budget(m: dict) -> str:
 # Tables.
 
 TOY_TARGET = (0.95, 0.05)  # coverage >= , phantom <=
-TOY_METHODS = {'l1': 'L1 regression', 'cgml_no_rho': 'cGML w/o ρ', 'cgml': 'cGML with ρ',
-               'cimle': 'cIMLE'}
+TOY_ORDER = ('l1', 'cgml_no_rho', 'cgml', 'cimle')  # rows first in this order
 
 
 def toy_table(results: dict) -> str:
@@ -105,7 +106,7 @@ def toy_table(results: dict) -> str:
     order = sorted(seeds)
     first = next(iter(seeds.values()))
     present = set(first['methods'])
-    methods = [m for m in TOY_METHODS if m in present] + sorted(present - set(TOY_METHODS))
+    methods = [m for m in TOY_ORDER if m in present] + sorted(present - set(TOY_ORDER))
     modes = ', '.join(f'{s:g}' for s in first['modes'])
     latent = _config(first).get('latent', {})
     step = (f"; β = {latent['step_size']:g}, N = {latent.get('init_candidates', 1)}"
@@ -122,7 +123,7 @@ def toy_table(results: dict) -> str:
       met = sum(c >= TOY_TARGET[0] and p <= TOY_TARGET[1] for c, p in zip(cov, ph))
       cells = ' | '.join(f'{c:.3f} / {p:.3f}' for c, p in zip(cov, ph))
       e_cell = mean_std(final_e) if len(final_e) == len(runs) else ''
-      lines.append(f'| {TOY_METHODS.get(method, method)} | {cells} | {mean_std(cov)} | '
+      lines.append(f'| {display(method)} | {cells} | {mean_std(cov)} | '
                    f'{mean_std(ph)} | {e_cell} | {met} of {len(order)} |')
     lines.append('')
   return '\n'.join(lines).rstrip('\n')
@@ -209,22 +210,22 @@ def image_table(results: dict) -> str:
 def _headline(m_by_seed: dict[int, dict]) -> str:
   first = next(iter(m_by_seed.values()))
   if 'modes' in first:  # the toy: cGML with rho, else the first method the runs have
-    names = {'cgml': 'cGML', 'cgml_no_rho': 'cGML w/o ρ', 'l1': 'L1', 'cimle': 'cIMLE'}
-    method = next((m for m in names if m in first['methods']), next(iter(first['methods'])))
+    order = ('cgml', 'cgml_no_rho', 'l1', 'cimle')
+    method = next((m for m in order if m in first['methods']), next(iter(first['methods'])))
     runs = [m['methods'][method] for m in m_by_seed.values() if method in m['methods']]
-    return (f"{names.get(method, method)} coverage {mean_std([r['coverage'] for r in runs])}, "
+    return (f"{display(method)} coverage {mean_std([r['coverage'] for r in runs])}, "
             f"phantom {mean_std([r['phantom_rate'] for r in runs])}")
   if 'task_metrics' in first and _config(first).get('task') == 'mnist_corrupted':
     # MNIST box: every row (cGML with Eq. 4 and at T = 0), coverage and the box's share
     return '; '.join(
-        f"{METHOD_NAMES.get(k, k)} coverage "
+        f"{display(k)} coverage "
         f"{mean_std([m['task_metrics'][k]['coverage'] for m in m_by_seed.values()])}, box "
         f"share {mean_std([_first_share(m['task_metrics'][k]) for m in m_by_seed.values()])}"
         for k in first['task_metrics'])
   if 'task_metrics' in first:  # known-mode benchmarks: the cGML row, else the first one
     method = 'cgml' if 'cgml' in first['task_metrics'] else next(iter(first['task_metrics']))
     runs = [m['task_metrics'][method] for m in m_by_seed.values()]
-    return (f"{METHOD_NAMES.get(method, method)} coverage "
+    return (f"{display(method)} coverage "
             f"{mean_std([r['coverage'] for r in runs])}, phantom "
             f"{mean_std([r['phantom_rate'] for r in runs])}")
   if 'eval' in first:
@@ -344,8 +345,6 @@ def estimate_table(estimates: dict) -> str:
 MODES_TARGET = (0.90, 0.10, 0.10)  # coverage >=, phantom rate <=, frequency error <=
 MODES_COLUMNS = (('coverage', '.3f'), ('phantom_rate', '.3f'), ('mode_frequency_error', '.3f'),
                  ('fidelity', '.4f'), ('fidelity_nearest', '.4f'))
-METHOD_NAMES = {'l1': 'L1 regression', 'cgml_no_rho': 'cGML w/o ρ', 'cgml': 'cGML with ρ',
-                'cgml_T0': 'cGML at T = 0'}
 
 
 def _first_share(r: dict) -> float:
@@ -400,7 +399,7 @@ def modes_table(results: dict) -> str:
       secs = _mean_std_fmt([seeds[s].get('train', {}).get(method, {}).get('seconds')
                             for s in ran], '.0f')
       met = sum(_meets_modes_target(task, _config(seeds[s]), r) for s, r in zip(ran, runs))
-      lines.append(f'| {METHOD_NAMES.get(method, method)} | {cells} | {stats} | {share} | '
+      lines.append(f'| {display(method)} | {cells} | {stats} | {share} | '
                    f'{secs} | {met} of {len(ran)} |')
     lines.append('')
   return '\n'.join(lines).rstrip('\n')

@@ -5,6 +5,7 @@ provenance that marks which result files may be committed."""
 import subprocess
 
 from cgml_jax import train
+from cgml_jax.tasks import names
 from experiments import report
 
 
@@ -32,7 +33,8 @@ def test_tables_from_hand_made_results():
   assert ('| cGML with ρ | 1.000 / 0.000 | 0.900 / 0.100 | 0.950 ± 0.071 | 0.050 ± 0.071 '
           '| 0.095 ± 0.007 | 1 of 2 |') in out
   assert '**toy/a** (s = 4, -4; β = 0.3, N = 16; cells' in out
-  assert '| toy/a | 2 | 20 × 8, l = 2 | cpu x1 | 0.3 min | cGML coverage 0.950 ± 0.071' in out
+  assert ('| toy/a | 2 | 20 × 8, l = 2 | cpu x1 | 0.3 min | cGML with ρ coverage '
+          '0.950 ± 0.071') in out
   assert '*No result files match yet.*' in out   # a pattern with no run sets says so
   assert report.render(out, results, 'doc.md') == out   # regenerating changes nothing
 
@@ -102,7 +104,7 @@ def test_modes_table_methods_on_some_seeds():
   both['task_metrics']['cimle'] = dict(only['task_metrics']['cgml'])
   out = report.modes_table({'cm/a': {0: both, 1: only}})
   rows = {line.split(' | ')[0]: line for line in out.splitlines() if line.startswith('| ')}
-  assert rows['| cimle'].endswith('| 1 of 1 |') and '| – |' in rows['| cimle']
+  assert rows['| cIMLE'].endswith('| 1 of 1 |') and '| – |' in rows['| cIMLE']
   assert rows['| cGML with ρ'].endswith('| 1 of 2 |')
   assert '| 0.725 ± 0.318 |' in rows['| cGML with ρ']
 
@@ -132,3 +134,10 @@ def test_readme_headline_of_mnist_box_names_every_row():
   out = report.readme_table({'mnist_box/a': {0: run}})
   assert ('cGML with ρ coverage 0.400, box share 0.150; cGML at T = 0 coverage 0.960, '
           'box share 0.330') in out
+
+
+def test_display_names():
+  assert names.display('cgml') == 'cGML with ρ'
+  assert names.display('pix2pix+msgan') == 'pix2pix+MSGAN'
+  assert names.display('cgml_T0') == 'cGML at T = 0'
+  assert names.display('mystery') == 'mystery' and names.display('l1+x') == 'l1+x'

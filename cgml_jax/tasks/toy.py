@@ -29,6 +29,7 @@ from cgml_jax.data.arrays import BatchIterator
 from cgml_jax.metrics import modes as modes_lib
 from cgml_jax.models.mlp import MLPEncoder, MLPGenerator, MLPLatentNet
 from cgml_jax.tasks import methods as methods_lib
+from cgml_jax.tasks import names
 from cgml_jax.training import parallel
 from cgml_jax.training import workdir as workdir_lib
 
@@ -220,8 +221,6 @@ def plot(workdir: str, x: np.ndarray, samples: dict, modes: np.ndarray, rho: np.
   import matplotlib.pyplot as plt
 
   cols = ['truth'] + [m for m in METHODS if m in samples]
-  titles = {'truth': 'ground truth', 'l1': 'L1 regression', 'cgml_no_rho': 'cGML w/o ρ',
-            'cgml': 'cGML with ρ', 'cimle': 'cIMLE'}
   xs = np.linspace(-1, 1, 400)[:, None]
   truth = branches(xs, modes)
   fig, axes = plt.subplots(3, len(cols), figsize=(3.2 * len(cols), 8), sharex=True,
@@ -236,7 +235,7 @@ def plot(workdir: str, x: np.ndarray, samples: dict, modes: np.ndarray, rho: np.
         ax.scatter(np.repeat(x[:, 0], s.shape[1]), s[:, :, d].ravel(), s=2, alpha=0.5,
                    color='C3', zorder=2)
       if d == 0:
-        ax.set_title(titles[name])
+        ax.set_title('ground truth' if name == 'truth' else names.display(name))
       if c == 0:
         ax.set_ylabel(f'y[{d}] = s·x^{d + 1}')
       if d == 2:
