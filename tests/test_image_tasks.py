@@ -136,6 +136,9 @@ def test_smoke_config_end_to_end(name, tmp_path):
   if name == 'mnist_corrupted':
     assert set(metrics['task_metrics']) == {'l1', 'cgml', 'cgml_T0'}
     assert 'clean_sample_rate' in metrics['task_metrics']['cgml']
+    tm = metrics['task_metrics']   # the T = 0 row reads cGML's K, L1 its one output
+    assert tm['cgml_T0']['num_samples'] == tm['cgml']['num_samples'] > 1
+    assert tm['l1']['num_samples'] == 1
 
 
 @pytest.mark.parametrize('name', ['colorize', 'translate', 'complete', 'mnist_corrupted'])

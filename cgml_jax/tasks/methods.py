@@ -382,10 +382,11 @@ class Trained:
   history: list
   info: dict
 
-
-@functools.lru_cache(maxsize=None)
-def _jitted_sampler(sample_fn: Callable) -> Callable:
-  return jax.jit(sample_fn, static_argnums=3)
+  @functools.cached_property
+  def jitted_sample_fn(self) -> Callable:
+    """`sample_fn` jitted with K static; compiled once per input shape and K, and freed
+    with this object (not kept by a module-level cache)."""
+    return jax.jit(self.sample_fn, static_argnums=3)
 
 
 def sample(trained: Trained, x, key: jax.Array, num_samples: int) -> np.ndarray:
@@ -394,8 +395,8 @@ def sample(trained: Trained, x, key: jax.Array, num_samples: int) -> np.ndarray:
   The sampler is jitted once per method (K static), so repeated calls over chunks of a
   test set compile once per chunk shape.
   """
-  return np.asarray(_jitted_sampler(trained.sample_fn)(trained.state, jnp.asarray(x), key,
-                                                       int(num_samples)))
+  return np.asarray(trained.jitted_sample_fn(trained.state, jnp.asarray(x), key,
+                                             int(num_samples)))
 
 
 def train(name: str, ctx: Context, key: jax.Array) -> Trained:

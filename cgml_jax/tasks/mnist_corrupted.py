@@ -178,13 +178,14 @@ def extra_eval(config, trained: dict, key, workdir: str) -> dict:
   from cgml_jax import cgml
   data = image.load_eval_set(TASK, config, 'test')
   n, bs = len(data['x']), config.eval.batch_size
-  runs = [(m, t) for m, t in trained.items()]
+  # (row name, trained method, K): the T = 0 row is cGML's model with its own K
+  runs = [(m, t, image.num_samples_of(m, config)) for m, t in trained.items()]
   if 'cgml' in trained:
     runs.append(('cgml_T0', dataclasses.replace(
-        trained['cgml'], sample_fn=lambda s, x, k, num: cgml.sample(s, x, k, num, 0))))
+        trained['cgml'], sample_fn=lambda s, x, k, num: cgml.sample(s, x, k, num, 0)),
+                 image.num_samples_of('cgml', config)))
   out = {}
-  for name, t in runs:
-    k = image.num_samples_of(name if name != 'cgml_T0' else 'cgml', config)
+  for name, t, k in runs:
     outs = [methods_lib.sample(t, data['x'][start:start + bs], jax.random.fold_in(key, start),
                                k)
             for start in range(0, n, bs)]
