@@ -186,23 +186,38 @@ def norm_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
-IMAGE_COLUMNS = ('psnr_best', 'ssim_best', 'lpips_best', 'diversity', 'colorfulness')
+IMAGE_COLUMNS = (('psnr_best', '.2f'), ('ssim_best', '.3f'), ('lpips_best', '.3f'),
+                 ('diversity', '.3f'), ('colorfulness', '.2f'))
 
 
 def image_table(results: dict) -> str:
-  """Per run set of an image experiment: one row per (protocol, method), mean ± std over
-  seeds of the pinned metrics (docs/data.md)."""
+  """Per run set and protocol of an image experiment (a comparison too): one row per
+  method, mean ± std over seeds of the pinned metrics (docs/data.md; best of K), the
+  method's training seconds, and the test accuracy of each linear probe of its frozen
+  encoder (paper Table 5) where the runs have one. The untrained encoder's probe, the
+  probe's reference, is a row of its own."""
   lines = []
   for run_set, seeds in results.items():
-    first = next(iter(seeds.values()))
+    order = sorted(seeds)
+    first = seeds[order[0]]
+    probes = list(first.get('probe', {}))
     for protocol, per_method in first['eval'].items():
-      cols = [c for c in IMAGE_COLUMNS if any(c in m for m in per_method.values())]
-      lines += [f'**{run_set}**, {protocol} ({len(seeds)} seeds)', '',
-                '| method | ' + ' | '.join(cols) + ' |', '|---|' + '---|' * len(cols)]
-      for method in per_method:
-        vals = [mean_std([s['eval'][protocol][method].get(c) for s in seeds.values()])
-                for c in cols]
-        lines.append(f'| {method} | ' + ' | '.join(vals) + ' |')
+      cols = [(c, f) for c, f in IMAGE_COLUMNS if any(c in m for m in per_method.values())]
+      lines += [f'**{run_set}**, {protocol} (seeds {", ".join(map(str, order))}; '
+                f'{first.get("train_steps", "?")} steps × {first.get("batch_size", "?")}, '
+                f'K = {first.get("num_samples", "?")})', '',
+                '| ' + ' | '.join(['method'] + [c for c, _ in cols] + ['train s']
+                                  + [f'probe {p} acc' for p in probes]) + ' |',
+                '|---|' + '---|' * (len(cols) + 1 + len(probes))]
+      rows = list(per_method) + (['untrained_encoder'] if probes else [])
+      for method in rows:
+        vals = [_mean_std_fmt([seeds[s]['eval'][protocol].get(method, {}).get(c)
+                               for s in order], f) for c, f in cols]
+        secs = _mean_std_fmt([seeds[s].get('train', {}).get(method, {}).get('seconds')
+                              for s in order], '.0f')
+        accs = [_mean_std_fmt([seeds[s]['probe'][p]['results'].get(method, {})
+                               .get('test_acc') for s in order], '.3f') for p in probes]
+        lines.append(f'| {display(method)} | ' + ' | '.join(vals + [secs] + accs) + ' |')
       lines.append('')
   return '\n'.join(lines).rstrip('\n')
 

@@ -141,3 +141,24 @@ def test_display_names():
   assert names.display('pix2pix+msgan') == 'pix2pix+MSGAN'
   assert names.display('cgml_T0') == 'cGML at T = 0'
   assert names.display('mystery') == 'mystery' and names.display('l1+x') == 'l1+x'
+
+
+def test_image_table_of_a_comparison():
+  def run(psnr, acc):
+    return {'train_steps': 250, 'batch_size': 8, 'num_samples': 10,
+            'eval': {'test': {'l1': {'psnr_best': psnr, 'diversity': 0.0},
+                              'pix2pix+msgan': {'psnr_best': psnr - 1, 'diversity': 0.2}}},
+            'train': {'l1': {'seconds': 20.0}, 'pix2pix+msgan': {'seconds': 60.0}},
+            'probe': {'cifar10': {'results': {'l1': {'test_acc': acc},
+                                              'pix2pix+msgan': {'test_acc': acc},
+                                              'untrained_encoder': {'test_acc': 0.3}}}}}
+  out = report.image_table({'cmp/a': {0: run(14.0, 0.30), 1: run(16.0, 0.40)}})
+  rows = {line.split(' | ')[0]: line for line in out.splitlines() if line.startswith('| ')}
+  assert '**cmp/a**, test (seeds 0, 1; 250 steps × 8, K = 10)' in out
+  assert rows['| method'] == '| method | psnr_best | diversity | train s | probe cifar10 acc |'
+  assert rows['| L1 regression'] == ('| L1 regression | 15.00 ± 1.41 | 0.000 ± 0.000 | 20 ± 0 '
+                                     '| 0.350 ± 0.071 |')
+  assert rows['| pix2pix+MSGAN'].startswith('| pix2pix+MSGAN | 14.00 ± 1.41 | 0.200 ± 0.000 '
+                                            '| 60 ± 0')
+  assert rows['| untrained H (probe only)'] == ('| untrained H (probe only) |  |  |  '
+                                                '| 0.300 ± 0.000 |')

@@ -14,6 +14,7 @@ NAMES = {
     'mrgan': 'MR-GAN',
     'bicyclegan': 'BicycleGAN',
     'cimle': 'cIMLE',
+    'untrained_encoder': 'untrained H (probe only)',
 }
 EXTRAS = {'dsgan': 'DSGAN', 'msgan': 'MSGAN'}  # diversity add-ons: 'pix2pix+msgan'
 
