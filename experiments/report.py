@@ -242,7 +242,8 @@ def _headline(m_by_seed: dict[int, dict]) -> str:
     runs = [m['task_metrics'][method] for m in m_by_seed.values()]
     return (f"{display(method)} coverage "
             f"{mean_std([r['coverage'] for r in runs])}, phantom "
-            f"{mean_std([r['phantom_rate'] for r in runs])}")
+            f"{mean_std([r['phantom_rate'] for r in runs])}, frequency error "
+            f"{mean_std([r['mode_frequency_error'] for r in runs])}")
   if 'eval' in first:
     protocol = next(iter(first['eval']))
     parts = []

@@ -134,6 +134,9 @@ def test_readme_headline_of_mnist_box_names_every_row():
   out = report.readme_table({'mnist_box/a': {0: run}})
   assert ('cGML with ρ coverage 0.400, box share 0.150; cGML at T = 0 coverage 0.960, '
           'box share 0.330') in out
+  out = report.readme_table({'colour_modes/a': {0: _modes_run('colour_modes', 0.9, 0.02,
+                                                                0.12, 0.3)}})
+  assert 'cGML with ρ coverage 0.900, phantom 0.020, frequency error 0.120' in out
 
 
 def test_display_names():
