@@ -53,7 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # z step stalled at |dz| ~ 1e-6 with all-black outputs, as on corrupted MNIST).
   c.model.out_activation = 'none'
 
-  c.train.steps = 1500         # per method
+  # Per method. MNIST digits need longer: at 1500 steps best-of-16 cGML over-produced one
+  # colour (frequency error 0.130 +- 0.065, 2 of 5 seeds on target), at 3000 steps it
+  # meets the target on 4 of 5 seeds (docs/multimodality.md).
+  c.train.steps = 3000 if a.mnist else 1500
   c.train.inner_steps = 2
   c.train.lr = 2e-3
   c.train.lr_latent = 1e-3
