@@ -57,11 +57,8 @@ def select(results: dict, pattern: str | None) -> dict:
 
 
 def mean_std(values) -> str:
-  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
-  if v.size == 0:
-    return ''
-  # the sample standard deviation (ddof = 1): seeds are a sample of the runs one could make
-  return f'{v.mean():.3f} ± {v.std(ddof=1):.3f}' if v.size > 1 else f'{v[0]:.3f}'
+  """'m ± s' to 3 decimals over the finite values (`_mean_std_fmt`)."""
+  return _mean_std_fmt([x for x in values if x is not None and np.isfinite(x)], '.3f')
 
 
 def _config(m: dict) -> dict:
@@ -291,7 +288,8 @@ COLORIZE_FORMS = ('none', 'per_image', 'batch', 'rebalance')
 
 
 def _mean_std_fmt(values, fmt: str) -> str:
-  """'m ± s' with the sample std (ddof = 1), or 'm' for one value."""
+  """'m ± s' with the sample std (ddof = 1: seeds are a sample of the runs one could make),
+  or 'm' for one value."""
   v = np.asarray([x for x in values if x is not None], np.float64)
   if v.size == 0:
     return ''
