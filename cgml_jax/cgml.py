@@ -66,9 +66,10 @@ LossFn = Callable[[jax.Array, dict], jax.Array]
 
 _EPS = 1e-8
 GENERATOR_UPDATES = ('every', 'last')
-LATENT_INITS = ('random', 'persistent')
+LATENT_INITS = ('random', 'persistent', 'balanced')
 LATENT_TARGETS = ('next', 'end')
 Z_LOSSES = ('split', 'joint')
+FLOW_INITS = ('same', 'nearest')
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,7 +263,9 @@ class Hyper:
     generator_update: 'every' updates H, G at each inner step (Algorithm 1); 'last' only
       after the last one, with z' of that step.
     latent_init: 'random' draws z_0 afresh per batch; 'persistent' reads and writes a
-      per-example table indexed by `batch['index']`.
+      per-example table indexed by `batch['index']`; 'balanced' (not in the paper) draws
+      B points per batch of B and assigns them one-to-one to the batch's targets by least
+      total E (`balanced_latents`).
     clip_step: inference only; see `eq4_step` (not in the paper, off by default).
     step_size_decay: not in the paper (1.0, a constant beta, by default): inner iteration
       t = 0, ..., l - 1 uses beta * step_size_decay^t, so z can leave a wrong region with
@@ -286,6 +289,12 @@ class Hyper:
     z_loss: Z's L1 of step 3, 'split' (mean over r_hat plus mean over rho, the default:
       measured on the toy, docs/toy.md) or 'joint' (one mean over the (n + 1)-vector
       (z', rho) as the paper writes it); see `latent_loss`.
+    flow_init: 'same' fits Z along the z path of the (H, G) step (Algorithm 1); 'nearest'
+      (with latent_init='balanced') along a second path from each example's best of the
+      batch's B points. The balanced z_0 of other modes that a target pulls over make
+      jumps between modes, and Z fitted to them moves inference latents across modes;
+      the best point of each target is already in that target's mode, so its path is a
+      move within the mode.
   """
   z_dim: int
   step_size: float = 1.0
@@ -302,6 +311,7 @@ class Hyper:
   redraw_rho: float = 0.0
   redraw_rounds: int = 0
   z_loss: str = 'split'
+  flow_init: str = 'same'
 
   def __post_init__(self):
     if self.z_dim < 1:
@@ -319,9 +329,17 @@ class Hyper:
       raise ValueError(f'latent_init must be one of {LATENT_INITS}, got {self.latent_init!r}')
     if self.init_candidates < 1:
       raise ValueError(f'init_candidates must be >= 1, got {self.init_candidates}')
+    if self.latent_init != 'random' and self.init_candidates > 1:
+      raise ValueError(f'init_candidates > 1 (best of N z_0) needs latent_init=\'random\', '
+                       f'got {self.latent_init!r}; set init_candidates=1')
     if self.latent_target not in LATENT_TARGETS:
       raise ValueError(f'latent_target must be one of {LATENT_TARGETS}, '
                        f'got {self.latent_target!r}')
+    if self.flow_init not in FLOW_INITS:
+      raise ValueError(f'flow_init must be one of {FLOW_INITS}, got {self.flow_init!r}')
+    if self.flow_init == 'nearest' and self.latent_init != 'balanced':
+      raise ValueError("flow_init='nearest' needs latent_init='balanced' (it reuses the "
+                       f"balanced assignment's errors), got {self.latent_init!r}")
     if self.z_loss not in Z_LOSSES:
       raise ValueError(f'z_loss must be one of {Z_LOSSES}, got {self.z_loss!r}')
     if self.redraw_rho < 0 or self.redraw_rounds < 0:
@@ -472,21 +490,71 @@ def best_of_candidates(error_fn: Callable[[jax.Array], jax.Array],
   return jnp.take_along_axis(candidates, best[None, :, None], axis=0)[0]
 
 
-def initial_latents(state: CGMLState, batch: dict, key: jax.Array) -> jax.Array:
+def candidate_errors(error_fn: Callable[[jax.Array], jax.Array],
+                     candidates: jax.Array) -> jax.Array:
+  """E of every example at every one of B candidate latents, (B examples, B candidates).
+
+  Args:
+    error_fn: z (B, n) -> per-example errors (B,).
+    candidates: (B, n) latents, as many as examples.
+  """
+  b = candidates.shape[0]
+  tiled = jnp.broadcast_to(candidates[:, None], (b,) + candidates.shape)  # (j, i, n)
+  return jax.vmap(error_fn)(tiled).T
+
+
+def balanced_assignment(cost: jax.Array) -> jax.Array:
+  r"""The one-to-one assignment of B candidates to B examples of least total cost.
+
+  Every candidate is used exactly once (a linear assignment, solved by
+  `optax.assignment.hungarian_algorithm` on cost[i, j] = E(G(h_i, z_j), y_i)). Where a
+  mode's targets outnumber the candidates that G already sends to that mode, the
+  surplus targets take candidates of other modes and pull them over; where a mode holds
+  more of the sphere than it has targets, its spare candidates are taken by other modes.
+  So, over many batches, the share of the sphere that G sends to each mode is driven
+  towards the share of that mode among the targets. Selecting the best of N per example
+  instead never gives up a region a mode holds, so the shares stay where they start.
+
+  Args:
+    cost: (B, B) errors, examples by candidates (`candidate_errors`).
+
+  Returns:
+    (B,) int: the candidate assigned to each example, a permutation.
+  """
+  rows, cols = optax.assignment.hungarian_algorithm(cost)
+  return cols[jnp.argsort(rows)]
+
+
+def initial_latents(state: CGMLState, batch: dict,
+                    key: jax.Array) -> tuple[jax.Array, jax.Array | None]:
   """z_0 of Algorithm 1: fresh uniform samples, or rows of the persistent table.
 
   With `hp.init_candidates` = N > 1 (not in the paper), each random z_0 is the best of N
-  uniform points by E under the current H, G (one forward pass of G per candidate).
+  uniform points by E under the current H, G (one forward pass of G per candidate). With
+  `hp.latent_init == 'balanced'` (not in the paper), the batch's B uniform points are
+  assigned one-to-one to its examples (`balanced_assignment`; B forward passes of G).
+
+  Returns:
+    (z0, z0_flow): z0 (B, n) for the z and (H, G) steps; z0_flow (B, n) the start of the
+    z path that Z is fitted to when `hp.flow_init == 'nearest'` (each example's best of
+    the same B points), else None (Z is fitted along z0's path, as in Algorithm 1).
   """
   hp = state.hp
   if hp.latent_init == 'persistent':
-    return state.z_table[batch['index']]
+    return state.z_table[batch['index']], None
   b = jax.tree.leaves(batch['x'])[0].shape[0]
+  if hp.latent_init == 'balanced':
+    candidates = sample_sphere(key, (b, hp.z_dim))
+    cost = jax.lax.stop_gradient(candidate_errors(_frozen_error_fn(state, batch), candidates))
+    z0 = candidates[balanced_assignment(cost)]
+    if hp.flow_init == 'nearest':
+      return z0, candidates[jnp.argmin(cost, axis=1)]
+    return z0, None
   if hp.init_candidates == 1:
-    return sample_sphere(key, (b, hp.z_dim))
+    return sample_sphere(key, (b, hp.z_dim)), None
   candidates = sample_sphere(key, (hp.init_candidates, b, hp.z_dim))
   return jax.lax.stop_gradient(
-      best_of_candidates(_frozen_error_fn(state, batch), candidates))
+      best_of_candidates(_frozen_error_fn(state, batch), candidates)), None
 
 
 def descent_end(state: CGMLState, batch: dict, z0: jax.Array) -> jax.Array:
@@ -671,20 +739,26 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
   hp = state.hp
 
   def inner(carry, t, update_hg: bool):
-    params, stats, opt_state, z = carry
+    params, stats, opt_state, z, z_flow = carry
     hg = _HGAt(state, params, stats, batch, z, differentiable=update_hg)
     # Algorithm 1, step 1 (z step): H, G, Z frozen, jax.grad over z alone, then Pi.
     z_next, errors = z_step(hg.errors_at, z, _step_size(hp, t))
     z_next = jax.lax.stop_gradient(z_next)
+    # Z's path: z's own (Algorithm 1), or with the opt-in flow_init='nearest' a second z
+    # path from each example's best candidate, moved by the same z step.
+    z_lat, z_lat_next = z, z_next
+    if z_flow is not None:
+      z_lat = z_flow
+      z_lat_next = jax.lax.stop_gradient(z_step(hg.errors_at, z_flow, _step_size(hp, t))[0])
     # Algorithm 1, step 2 (momentum target): rho = alpha * ||z' - z||. Z's target is z',
     # or with the opt-in latent_target='end' where the inner descent ends.
-    z_target = z_next if z_end is None else z_end
-    rho = rho_target(z, z_target, hp.alpha)
+    z_target = z_lat_next if z_end is None else z_end
+    rho = rho_target(z_lat, z_target, hp.alpha)
 
     # Algorithm 1, step 3 (Z step): H, G, z frozen, L1 fit of Z(z, h) to (z', rho).
     def z_loss(params_lat):
       (r_hat, rho_hat), lat_stats = apply_module(state.latent_net, params_lat,
-                                                 stats['latent'], z, hg.h, train=True)
+                                                 stats['latent'], z_lat, hg.h, train=True)
       return (latent_loss(r_hat, rho_hat, z_target, rho, hp.use_momentum, hp.z_loss),
               (lat_stats, rho_hat))
 
@@ -707,12 +781,15 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
                'rho': jnp.mean(rho), 'rho_hat': jnp.mean(rho_hat),
                'dz': jnp.mean(jnp.linalg.norm(z_next - z, axis=-1)),
                'update_norm_hg': norm_hg, 'update_norm_latent': norm_lat}
-    return (params, stats, opt_state, z_next), metrics
+    z_flow = None if z_flow is None else z_lat_next
+    return (params, stats, opt_state, z_next, z_flow), metrics
 
-  z0 = initial_latents(state, batch, key)
-  z_end = descent_end(state, batch, z0) if hp.latent_target == 'end' else None
-  carry, m = _run_inner_steps(inner, (state.params, state.stats, state.opt_state, z0), hp)
-  params, stats, opt_state, z_final = carry
+  z0, z0_flow = initial_latents(state, batch, key)
+  z_end = (descent_end(state, batch, z0 if z0_flow is None else z0_flow)
+           if hp.latent_target == 'end' else None)
+  carry, m = _run_inner_steps(
+      inner, (state.params, state.stats, state.opt_state, z0, z0_flow), hp)
+  params, stats, opt_state, z_final, _ = carry
   metrics = {'E': m['E'][-1], 'E_z0': m['E_z'][0], 'latent_loss': m['latent_loss'].mean(),
              'rho': m['rho'].mean(), 'rho_hat': m['rho_hat'].mean(), 'dz': m['dz'].mean(),
              # the global norms of each optimiser's newest update (guards against a

@@ -61,7 +61,9 @@ def base(task: str, methods: tuple[str, ...] = ('l1', 'cgml')) -> ml_collections
 
   # Algorithm 1 and Eq. 4 (cgml_jax.cgml.Hyper; read by cgml_jax.tasks.methods.hyper).
   c.latent = ml_collections.ConfigDict()
-  c.latent.init = 'random'     # z_0: 'random' per batch, or 'persistent' per-example table
+  # z_0: 'random' per batch, 'persistent' per-example table, or 'balanced' (not in the
+  # paper): the batch's B random points assigned one-to-one to its targets by least E.
+  c.latent.init = 'random'
   c.latent.step_size = 1.0     # beta of the z step (of the first inner step if decayed)
   c.latent.step_size_decay = 1.0  # not in the paper (1 there): step t uses beta * decay^t
   c.latent.alpha = 1.0         # rho = alpha * ||z' - z||
@@ -76,6 +78,9 @@ def base(task: str, methods: tuple[str, ...] = ('l1', 'cgml')) -> ml_collections
   c.latent.target = 'next'     # Z fitted to the next z ('next') or the descent's 'end'
   c.latent.redraw_rho = 0.0    # inference: redraw samples whose final rho_hat > this (0 off)
   c.latent.redraw_rounds = 0   # ... this many times
+  # Z's path ('same': z's own, Algorithm 1), or 'nearest' (with init 'balanced'): the
+  # path from each example's best of the batch's points (cgml.Hyper.flow_init).
+  c.latent.flow_init = 'same'
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000         # batches per method
@@ -305,6 +310,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(config, 'latent.z_loss', cgml.Z_LOSSES)
   _num(config, 'latent.redraw_rho', 0.0, lo_open=False)
   _int(config, 'latent.redraw_rounds', 0)
+  _choice(config, 'latent.flow_init', cgml.FLOW_INITS)
 
   # Data. The global batch is split over every device of the data mesh.
   _int(config, 'data.batch_size', 1)

@@ -22,18 +22,41 @@ import ml_collections
 from cgml_jax import configs
 from cgml_jax.tasks import colour_modes, image
 
+SKEW4 = (0.4, 0.3, 0.2, 0.1)
+# The known-mode suite: name -> (source, palette name, M, prior). `variant=NAME` selects
+# one; experiments/suite.py runs them all over seeds. M from 2 to 6, uniform and skewed
+# priors (a mode at 10 %), four palettes (near colours, a grey mode), shapes and MNIST.
+SUITE = {
+    'rgb3': ('shapes', 'primary', 3, ()),
+    'rgb4_skew': ('shapes', 'primary', 4, SKEW4),
+    'rgb6': ('shapes', 'primary', 6, ()),
+    'other2_skew': ('shapes', 'other', 2, (0.8, 0.2)),
+    'other5': ('shapes', 'other', 5, ()),
+    'near6': ('shapes', 'near', 6, ()),
+    'near5_skew': ('shapes', 'near', 5, (0.3, 0.25, 0.2, 0.15, 0.1)),
+    'grey5': ('shapes', 'grey', 5, ()),
+    'grey4_skew': ('shapes', 'grey', 4, SKEW4),
+    'mnist_rgb3': ('mnist', 'primary', 3, ()),
+    'mnist_other4_skew': ('mnist', 'other', 4, SKEW4),
+}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = configs.parse_arg(arg, smoke=False, mnist=False, best=False, paper=False)
+  a = configs.parse_arg(arg, smoke=False, mnist=False, best=False, paper=False, variant='')
   if a.best and a.paper:
     raise ValueError("config arguments 'best' and 'paper' exclude each other")
+  if a.variant and a.variant not in SUITE:
+    raise ValueError(f'unknown variant {a.variant!r}; expected one of {sorted(SUITE)}')
+  source, palette, num_modes, prior = SUITE[a.variant] if a.variant else (
+      'mnist' if a.mnist else 'shapes', 'primary', 3, ())
+  mnist = source == 'mnist'
   c = image.base_config('colour_modes')
-  c.data.name = 'mnist' if a.mnist else 'shapes'  # 'shapes' (embedded, no files) or 'mnist'
-  c.data.image_size = 28 if a.mnist else 32
+  c.data.name = source         # 'shapes' (embedded, no files) or 'mnist'
+  c.data.image_size = 28 if mnist else 32
   c.data.num_train = 4096      # shapes only: glyphs in the training split
-  c.data.palette = colour_modes.PALETTE  # RGB in [0, 1]; the first num_modes are the modes
-  c.data.num_modes = 3         # M, 2..6
-  c.data.prior = ()            # p over the M modes, normalised; () = uniform
+  c.data.palette = colour_modes.PALETTES[palette]  # RGB in [0, 1]; the first M are modes
+  c.data.num_modes = num_modes  # M, 2..6
+  c.data.prior = prior         # p over the M modes, normalised; () = uniform
   c.data.batch_size = 16
 
   c.loss = ml_collections.ConfigDict()
@@ -56,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Per method. MNIST digits need longer: at 1500 steps best-of-16 cGML over-produced one
   # colour (frequency error 0.130 +- 0.065, 2 of 5 seeds on target), at 3000 steps it
   # meets the target on 4 of 5 seeds (docs/multimodality.md).
-  c.train.steps = 3000 if a.mnist else 1500
+  c.train.steps = 3000 if mnist else 1500
   c.train.inner_steps = 2
   c.train.lr = 2e-3
   c.train.lr_latent = 1e-3
@@ -73,8 +96,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # on 5 of 5 seeds, the paper's random z_0 on 0 of 5 (docs/multimodality.md).
   c.latent.init_candidates = 1 if a.paper else 16
   if a.smoke:
-    image.smoke(c, image_size=28 if a.mnist else 16)
-    if a.mnist:
+    image.smoke(c, image_size=28 if mnist else 16)
+    if mnist:
       c.data.train_split = 'train[:256]'
-    c.eval.num_samples = 4     # K >= M, so coverage can be 1
+    c.eval.num_samples = max(4, num_modes)  # K >= M, so coverage can be 1
   return c

@@ -179,7 +179,7 @@ def test_z_loss_form_reaches_the_z_step():
     state = state.replace(hp=cgml.Hyper(**{**state.hp.__dict__, 'z_loss': form}))
     b, key = batch(), jax.random.key(3)
     _, m = STEP(state, b, key)
-    z0 = cgml.initial_latents(state, b, key)
+    z0, _ = cgml.initial_latents(state, b, key)
     h = cgml.encode(state, b['x'])
     z1, _ = cgml.z_step(lambda z: state.loss_fn(cgml.generate(state, h, z), b), z0,
                         state.hp.step_size)

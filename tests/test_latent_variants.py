@@ -44,7 +44,7 @@ def test_best_of_candidates_picks_the_argmin_per_example():
 def test_initial_latents_are_the_best_of_n_by_error(n):
   state = make_state(init_candidates=n)
   b, key = batch(), jax.random.key(3)
-  z0 = cgml.initial_latents(state, b, key)
+  z0, _ = cgml.initial_latents(state, b, key)
   assert z0.shape == (64, 3)
   h = cgml.encode(state, b['x'])
   error = lambda z: cgml.l1_error(cgml.generate(state, h, z), b)  # noqa: E731
@@ -58,6 +58,42 @@ def test_initial_latents_are_the_best_of_n_by_error(n):
   assert len(np.unique(errors.argmin(0))) > 1
   with pytest.raises(ValueError, match='init_candidates'):
     cgml.Hyper(z_dim=3, init_candidates=0)
+
+
+def test_balanced_assignment_is_the_least_total_cost_permutation():
+  from scipy.optimize import linear_sum_assignment
+  cost = np.asarray(jax.random.uniform(jax.random.key(1), (12, 12)))
+  got = np.asarray(cgml.balanced_assignment(jnp.asarray(cost)))
+  rows, cols = linear_sum_assignment(cost)
+  assert sorted(got) == list(range(12))                       # every candidate once
+  np.testing.assert_allclose(cost[np.arange(12), got].sum(), cost[rows, cols].sum(),
+                             rtol=1e-6)
+  # The independent best per example would reuse candidates: not a permutation here.
+  assert len(set(cost.argmin(1))) < 12
+
+
+def test_balanced_z0_uses_each_candidate_once_and_flow_starts_at_the_best():
+  b, key = batch(16), jax.random.key(4)
+  b = {k: v[:16] for k, v in b.items()}
+  state = make_state(latent_init='balanced', flow_init='nearest')
+  z0, z_flow = cgml.initial_latents(state, b, key)
+  cands = np.asarray(cgml.sample_sphere(key, (16, 3)))
+  h = cgml.encode(state, b['x'])
+  cost = np.stack([np.asarray(cgml.l1_error(cgml.generate(state, h, np.tile(c, (16, 1))), b))
+                   for c in cands], axis=1)                  # (example, candidate)
+  idx = [int(np.argmin(np.linalg.norm(cands - z, axis=-1))) for z in np.asarray(z0)]
+  assert sorted(idx) == list(range(16))
+  from scipy.optimize import linear_sum_assignment
+  rows, cols = linear_sum_assignment(cost)
+  np.testing.assert_allclose(cost[np.arange(16), idx].sum(), cost[rows, cols].sum(),
+                             rtol=1e-5)
+  np.testing.assert_allclose(z_flow, cands[cost.argmin(1)], atol=1e-6)
+  new, m = STEP(state, b, key)                                # the step runs and learns
+  assert float(m['update_norm_hg']) > 0 and float(m['update_norm_latent']) > 0
+  with pytest.raises(ValueError, match='flow_init'):
+    cgml.Hyper(z_dim=3, flow_init='nearest')                  # needs latent_init balanced
+  with pytest.raises(ValueError, match='init_candidates'):
+    cgml.Hyper(z_dim=3, latent_init='balanced', init_candidates=4)
 
 
 @pytest.mark.slow  # long; run with -m slow

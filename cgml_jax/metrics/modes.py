@@ -21,6 +21,10 @@ Then, for N inputs with K samples each and a data prior p over the M modes:
                          phantom, so TV = 0 needs no phantoms and the prior's frequencies,
                          and all-phantom samples give 1. While no mode gets more than its
                          prior share TV equals phantom_rate; over-produced modes add to it.
+  ideal_coverage         the coverage of a sampler that draws each of the K samples
+                         i.i.d. from the prior p itself (`ideal_coverage`): with a
+                         skewed prior or K near M even a perfect sampler misses modes, so
+                         coverage is read against it (coverage_ratio = coverage / ideal).
   fidelity               (task-specific, see e.g. `cgml_jax.tasks.colour_modes`) each
                          sample's error against the ground truth re-rendered in that
                          sample's own mode, so shape errors are kept apart from the choice
@@ -109,10 +113,32 @@ def mode_frequency_error(assignment, prior) -> float:
   return float(0.5 * (np.abs(h - p).sum() + (1.0 - h.sum())))
 
 
-def summary(assignment, prior) -> dict[str, float]:
-  """coverage, phantom_rate, mode_frequency_error and the histogram of an assignment."""
+def ideal_coverage(prior, num_samples: int) -> float:
+  r"""P(K i.i.d. draws from p contain every mode), by inclusion-exclusion:
+
+    sum over subsets S of the modes of (-1)^|S| (1 - p(S))^K.
+
+  Args:
+    prior: p over the M modes (normalised here).
+    num_samples: K.
+  """
   p = validate_prior(prior, len(prior))
-  return {'coverage': coverage(assignment, len(p)),
+  m = len(p)
+  total = 0.0
+  for bits in range(1 << m):
+    members = [i for i in range(m) if bits >> i & 1]
+    total += (-1) ** len(members) * (1.0 - p[members].sum()) ** num_samples
+  return float(min(max(total, 0.0), 1.0))
+
+
+def summary(assignment, prior) -> dict[str, float]:
+  """coverage (with the prior's ideal and their ratio), phantom_rate,
+  mode_frequency_error and the histogram of an assignment (N inputs, K samples)."""
+  p = validate_prior(prior, len(prior))
+  cov = coverage(assignment, len(p))
+  ideal = ideal_coverage(p, np.asarray(assignment).shape[1])
+  return {'coverage': cov, 'ideal_coverage': ideal,
+          'coverage_ratio': cov / ideal if ideal > 0 else float('nan'),
           'phantom_rate': phantom_rate(assignment),
           'mode_frequency_error': mode_frequency_error(assignment, p),
           'mode_histogram': [round(float(v), 6) for v in mode_histogram(assignment, len(p))]}

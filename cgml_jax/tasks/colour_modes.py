@@ -55,6 +55,18 @@ from cgml_jax.tasks import methods as methods_lib
 # Red, green, blue, yellow, cyan, magenta in [0, 1]: the first M are the default modes.
 PALETTE = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0),
            (1.0, 1.0, 0.0), (0.0, 1.0, 1.0), (1.0, 0.0, 1.0))
+# Further palettes for the known-mode suite (experiments/colour_modes.py, SUITE):
+# 'other': secondary hues, some pairs only ~0.6-0.7 apart; 'near': reds and greens
+# ~0.45 apart; 'grey': a grey mode among primaries, near (but not at) their mean.
+PALETTES = {
+    'primary': PALETTE,
+    'other': ((1.0, 0.55, 0.0), (0.55, 0.0, 1.0), (0.0, 0.6, 0.5), (1.0, 0.3, 0.65),
+              (0.55, 1.0, 0.2), (0.1, 0.2, 0.6)),
+    'near': ((1.0, 0.0, 0.0), (1.0, 0.45, 0.0), (1.0, 0.0, 0.45), (0.0, 0.8, 0.0),
+             (0.0, 0.8, 0.45), (0.0, 0.0, 1.0)),
+    'grey': ((0.5, 0.5, 0.5), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0),
+             (1.0, 1.0, 0.0), (0.0, 1.0, 1.0)),
+}
 MAX_MODES = 6
 STROKE = 0.5  # glyph intensity (in [0, 1]) from which a pixel counts as stroke
 SHAPES = ('disk', 'rectangle', 'triangle', 'ring', 'cross')
@@ -94,10 +106,35 @@ def min_gap(pal: np.ndarray) -> float:
   return float(d[~np.eye(len(pal), dtype=bool)].min())
 
 
+def regression_colour(pal: np.ndarray, p: np.ndarray) -> np.ndarray:
+  """Where a regression to one colour per input converges under E = L2 (the task's
+  default E): the prior-weighted mean of the palette, (3,). (Under E = L1 it is the
+  per-channel median, which can be a palette colour itself: a valid sample of one mode,
+  whose collapse coverage and the frequency error already expose.)"""
+  return p @ pal
+
+
+MIN_TAU = 0.05  # below this the mode rule cannot tell a mode from a regression's output
+REGRESSION_MARGIN = 0.9  # tau is at most this share of a mode's distance to a regression
+
+
 def tau(config) -> float:
-  """The mode tolerance: `eval.mode_tau`, or half the smallest palette gap if < 0."""
+  """The mode tolerance: `eval.mode_tau`, or (< 0) the largest tau that keeps the
+  tau-balls of the modes disjoint and off what a regression outputs: half the smallest
+  palette gap, and at most `REGRESSION_MARGIN` of the smallest distance from a mode to
+  the palette's prior-weighted mean (`regression_colour`), so that a collapsed regression
+  never counts as a valid mode (e.g. a grey mode among colours that average to nearly
+  grey)."""
   t = float(config.eval.mode_tau)
-  return 0.5 * min_gap(palette(config)) if t < 0 else t
+  if t >= 0:
+    return t
+  pal, p = palette(config), prior(config)
+  to_reg = float(np.linalg.norm(pal - regression_colour(pal, p), axis=-1).min())
+  if REGRESSION_MARGIN * to_reg < MIN_TAU:
+    raise ValueError(f'palette {pal.tolist()} with prior {p.round(3).tolist()} has a mode '
+                     f'within {to_reg:.3f} of its mean colour, so a regression '
+                     'would count as that mode; choose another palette, num_modes or prior')
+  return min(0.5 * min_gap(pal), REGRESSION_MARGIN * to_reg)
 
 
 # ---------------------------------------------------------------------------------------

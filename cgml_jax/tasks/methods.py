@@ -100,7 +100,8 @@ def hyper(config: ml_collections.ConfigDict, method: str = 'cgml') -> cgml.Hyper
       generator_update=t.generator_update, latent_init=lat.init, clip_step=lat.clip_step,
       step_size_decay=lat.step_size_decay, unroll=resolve_unroll(t.unroll),
       init_candidates=lat.init_candidates, latent_target=lat.target,
-      redraw_rho=lat.redraw_rho, redraw_rounds=lat.redraw_rounds, z_loss=lat.z_loss)
+      redraw_rho=lat.redraw_rho, redraw_rounds=lat.redraw_rounds, z_loss=lat.z_loss,
+      flow_init=lat.flow_init)
 
 
 @dataclasses.dataclass
