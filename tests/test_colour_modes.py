@@ -6,7 +6,10 @@ import json
 import math
 import os
 
+from PIL import Image
+
 from cgml_jax import train
+from cgml_jax.tasks import image
 from experiments import compare_modes
 
 MODE_METRICS = ('coverage', 'phantom_rate', 'mode_frequency_error', 'fidelity',
@@ -33,4 +36,14 @@ def test_smoke_comparison_end_to_end(tmp_path):
                         abs_tol=1e-4)
   assert set(saved['train']['bicyclegan']['final_update_norm']) == {
       'update_norm_d', 'update_norm_g', 'update_norm_e'}
-  assert os.path.getsize(os.path.join(tmp_path, 'samples_test.png')) > 0
+  # samples_test.png is the tile grid (input | truth | L1's one output | K shown samples of
+  # each other method), enlarged for legibility, under a header naming the columns.
+  with Image.open(os.path.join(tmp_path, 'samples_test.png')) as im:
+    width, height = im.size
+  size, pad = config.data.image_size, 2
+  scale = image._scale(config)
+  shown = min(config.eval.grid_samples, config.eval.num_samples)
+  ncol = 2 + sum(1 if m == 'l1' else shown for m in methods)
+  nrow = min(config.eval.grid_rows, config.eval.num_test)
+  assert width == scale * (ncol * (size + pad) + pad)
+  assert height > scale * (nrow * (size + pad) + pad)

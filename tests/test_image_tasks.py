@@ -28,7 +28,7 @@ def test_samples_grid_has_input_truth_and_every_sample():
   n, k = 3, 4
   x = np.zeros((n, 6, 6, 3), np.float32)
   cols = {'l1': np.zeros((n, 1, 6, 6, 3)), 'cgml': np.zeros((n, k, 6, 6, 3))}
-  g = viz.samples_grid(x, x, cols)
+  g = viz.samples_grid(x, x, cols, labelled=False)
   assert g.shape == (n * 8 + 2, (2 + 1 + k) * 8 + 2, 3)
 
 

@@ -170,3 +170,13 @@ def test_toy_offers_cimle_only_of_the_peers(tmp_path):
     config.train.steps = 1
   with pytest.raises(ValueError, match="unknown toy method 'pix2pix'"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_samples_image_is_a_titled_rgb_picture():
+  """The logged toy picture: an RGB array of the figure's size with something drawn."""
+  x = np.linspace(-1, 1, 20, dtype=np.float32)[:, None]
+  samples = toy.branches(x, MODES)[:, :1].repeat(3, axis=1)   # (N, K, 3) on one branch
+  titled = toy.samples_image(x, samples, MODES, 'cgml')
+  assert titled.dtype == np.uint8 and titled.ndim == 3 and titled.shape[2] == 3
+  assert titled.shape[:2] == (260, 600)                     # 6 x 2.6 inches at 100 dpi
+  assert (titled < 128).any()

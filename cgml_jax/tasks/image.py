@@ -679,7 +679,8 @@ def _scale(config) -> int:
 
 def write_grids(task: ImageTask, config, workdir: str, shown: dict, trained: dict, key):
   """samples_<protocol>.png (input | truth | each method's samples, the same inputs for
-  every method) and, with a cGML model, trajectory.png."""
+  every method) and, with a cGML model, trajectory.png (a row per z_0, a column per t), both
+  with their columns labelled (`viz.samples_labels`, `viz.trajectory_labels`)."""
   g = config.eval.grid_samples
   paths = []
   for protocol, (data, outs) in shown.items():
@@ -688,7 +689,7 @@ def write_grids(task: ImageTask, config, workdir: str, shown: dict, trained: dic
     truth = np.asarray(_jitted(task.to_image)(x, y))
     cols = {method: o[:, :g] for method, o in outs.items()}
     path = os.path.join(workdir, f'samples_{protocol}.png')
-    viz.save_png(path, viz.samples_grid(inputs, truth, cols), scale=_scale(config))
+    viz.save_png(path, viz.samples_grid(inputs, truth, cols, scale=_scale(config)))
     paths.append(path)
   if 'cgml' in trained:
     data, outs = next(iter(shown.values()))
@@ -706,7 +707,8 @@ def write_grids(task: ImageTask, config, workdir: str, shown: dict, trained: dic
     imgs = imgs.reshape(sel.shape[:2] + imgs.shape[1:])
     rows = [[shown_in] + list(imgs[s]) for s in range(len(imgs))]
     path = os.path.join(workdir, 'trajectory.png')
-    viz.save_png(path, viz.grid(rows), scale=_scale(config))
+    labels = viz.trajectory_labels(frames, len(rows))
+    viz.save_png(path, viz.labelled_grid(rows, labels, scale=_scale(config)))
     paths.append(path)
   return paths
 

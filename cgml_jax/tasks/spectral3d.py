@@ -73,6 +73,7 @@ from cgml_jax.metrics.probe import chunked, encoder_features, linear_probe
 from cgml_jax.models.conv import build_conv_models
 from cgml_jax.peers import gan as gan_lib
 from cgml_jax.tasks import methods as methods_lib
+from cgml_jax.tasks import names
 from cgml_jax.training import parallel
 from cgml_jax.training import workdir as workdir_lib
 
@@ -374,26 +375,48 @@ def reconstruction_map(query: np.ndarray, gallery: np.ndarray, labels: np.ndarra
 # Pictures (paper Fig. 20: noisy / recovered / ground truth as point clouds).
 
 
+def figure_columns(corrupted: np.ndarray, outputs: dict[str, np.ndarray], truth: np.ndarray,
+                   samples: int) -> dict[str, np.ndarray]:
+  """The titled columns of fig20_spectral3d.png: the input, each method by its display name
+  (cGML's first `samples` samples with their index k = 1..K, the others' first output),
+  then the ground truth.
+
+  Args:
+    corrupted, truth: (R, S, S, C) maps of the shown shapes.
+    outputs: method -> (R, K, S, S, C) outputs, in the order of `config.methods`.
+    samples: how many of cGML's samples to show.
+  """
+  cols = {'input (corrupted)': corrupted}
+  for m, out in outputs.items():
+    if m == 'cgml':
+      for k in range(min(samples, out.shape[1])):
+        cols[f'{names.display(m)}\nk = {k + 1}'] = out[:, k]
+    else:
+      cols[names.display(m)] = out[:, 0]
+  cols['ground truth'] = truth
+  return cols
+
+
 def render_clouds(workdir: str, columns: dict[str, np.ndarray], l_max: int, normalizer,
                   kinds: list[str], bandwidth: int):
   """fig20_spectral3d.png: one row per shape, one column per entry of `columns`.
 
   Args:
-    columns: name -> (R, S, S, C) normalised maps in the image layout.
+    columns: column title -> (R, S, S, C) normalised maps in the image layout.
     kinds: per row, 'mask' or 'noise' (shown in the row label).
   """
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  names = list(columns)
+  titles = list(columns)
   rows = len(kinds)
-  fig = plt.figure(figsize=(2.2 * len(names), 2.2 * rows))
-  for j, name in enumerate(names):
+  fig = plt.figure(figsize=(2.2 * len(titles), 2.2 * rows + 0.4))
+  for j, name in enumerate(titles):
     maps = normalizer.inverse(from_image(columns[name], l_max))
     pts = np.asarray(s3d.sh_to_points(jnp.asarray(maps[:, 0]), bandwidth))
     for i in range(rows):
-      ax = fig.add_subplot(rows, len(names), i * len(names) + j + 1, projection='3d')
+      ax = fig.add_subplot(rows, len(titles), i * len(titles) + j + 1, projection='3d')
       p = pts[i]
       ax.scatter(p[:, 0], p[:, 1], p[:, 2], s=1.5, c=p[:, 2], cmap='viridis', linewidths=0)
       ax.set_xlim(-1, 1), ax.set_ylim(-1, 1), ax.set_zlim(-1, 1)
@@ -404,6 +427,8 @@ def render_clouds(workdir: str, columns: dict[str, np.ndarray], l_max: int, norm
       if j == 0:
         ax.text2D(-0.05, 0.5, kinds[i], transform=ax.transAxes, rotation=90, fontsize=8,
                   va='center')
+  fig.suptitle('channel 0 of each SH map as a point cloud; rows: the corruption of the input',
+               fontsize=9)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, 'fig20_spectral3d.png'), dpi=100)
   plt.close(fig)
@@ -538,14 +563,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       picks += list(cand[np.linspace(0, len(cand) - 1, max(1, n // 2)).astype(int)]
                     if len(cand) else [])
     picks = np.asarray(picks[:n])
-    cols = {'corrupted': c_in[picks]}
-    for m in config.methods:
-      if m == 'cgml':
-        for k in range(min(config.eval.figure_samples, outputs[m].shape[1])):
-          cols[f'cGML #{k + 1}'] = outputs[m][picks, k]
-      else:
-        cols[{'l1': 'L1', 'context_encoder': 'Context Enc.'}[m]] = outputs[m][picks, 0]
-    cols['ground truth'] = y_test[picks]
+    cols = figure_columns(c_in[picks], {m: outputs[m][picks] for m in config.methods},
+                          y_test[picks], config.eval.figure_samples)
     render_clouds(workdir, cols, l_max, norm, ['masked' if kinds[p] else 'noisy' for p in picks],
                   config.eval.render_bandwidth)
   out['timing']['total_seconds'] = round(time.perf_counter() - t_start, 1)

@@ -191,19 +191,25 @@ def rho_xy_map(state, x_range: tuple[float, float] = (-1.0, 1.0), num_x: int = 1
   return xs, edges, out
 
 
-def samples_image(x: np.ndarray, samples: np.ndarray, modes: np.ndarray) -> np.ndarray:
-  """The K samples per x (red) over the true branches (grey), y[0] and y[2]: (H, W, 3)."""
+def samples_image(x: np.ndarray, samples: np.ndarray, modes: np.ndarray,
+                  method: str | None = None) -> np.ndarray:
+  """The K samples per x (red) over the true branches (grey), y[0] and y[2]: (H, W, 3),
+  titled with the display name of `method` when given."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
   xs = np.linspace(-1, 1, 200)[:, None]
   truth = branches(xs, modes)
-  fig, axes = plt.subplots(1, 2, figsize=(5, 2.2), dpi=64)
+  fig, axes = plt.subplots(1, 2, figsize=(6, 2.6), dpi=100)
   for ax, d in zip(axes, (0, 2)):
     ax.plot(xs[:, 0], truth[:, :, d], color='0.7', lw=2)
     ax.scatter(np.repeat(x[:, 0], samples.shape[1]), samples[:, :, d].ravel(), s=1, color='C3')
-    ax.set_title(f'y[{d}], K={samples.shape[1]}', fontsize=8)
+    ax.set_title(f'y[{d}], K = {samples.shape[1]} samples per x', fontsize=9)
+    ax.set_xlabel('x', fontsize=8)
+    ax.tick_params(labelsize=7)
+  if method is not None:
+    fig.suptitle(names.display(method), fontsize=10)
   fig.tight_layout()
   fig.canvas.draw()
   img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
@@ -240,6 +246,7 @@ def plot(workdir: str, x: np.ndarray, samples: dict, modes: np.ndarray, rho: np.
         ax.set_ylabel(f'y[{d}] = s·x^{d + 1}')
       if d == 2:
         ax.set_xlabel('x')
+  fig.suptitle('grey: the true branches y = s·(x, x², x³); red: K samples per test x')
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, 'fig3_toy.png'), dpi=110)
   plt.close(fig)
@@ -250,8 +257,8 @@ def plot(workdir: str, x: np.ndarray, samples: dict, modes: np.ndarray, rho: np.
                    extent=[x_rho[order[0], 0], x_rho[order[-1], 0], 0.5, rho.shape[0] + 0.5])
     ax.set_xlabel('x')
     ax.set_ylabel('traversal step t')
-    ax.set_title('learned ρ̂ (mean over samples)')
-    fig.colorbar(im, ax=ax)
+    ax.set_title(f'{names.display("cgml")}: learned ρ̂ (mean over samples)')
+    fig.colorbar(im, ax=ax, label='ρ̂')
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, 'rho_heatmap.png'), dpi=110)
     plt.close(fig)
@@ -267,7 +274,9 @@ def plot(workdir: str, x: np.ndarray, samples: dict, modes: np.ndarray, rho: np.
       ax.set_xlabel('x')
       ax.set_ylabel(f'y[{d}]')
       ax.set_title(f'ρ̂ over (x, y[{d}])', fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist())
+    fig.colorbar(im, ax=axes[0].tolist(), label='ρ̂ (mean over the samples in a bin)')
+    fig.suptitle(f'{names.display("cgml")}: ρ̂(z, h) at the output y = G(h, z); '
+                 'dashed: the true branches', fontsize=10)
     fig.savefig(os.path.join(workdir, 'rho_xy.png'), dpi=110)
     plt.close(fig)
 
@@ -296,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     samples[method] = s
     if config.logging.images:
       writer.write_images(config.train.steps, {f'toy/{method}/samples':
-                                               samples_image(test['x'], s, modes)})
+                                               samples_image(test['x'], s, modes, method)})
     results[method] = {**evaluate_samples(test['x'], s, modes, tau),
                        'train_seconds': t.info['seconds'], 'final_E': t.info['final_E'],
                        'final_update_norm': t.info['final_update_norm']}
