@@ -152,12 +152,12 @@ def _preemption(enabled: bool):
   nothing else runs per step). Several processes: SIGTERM reaches one host first, or only
   one, yet all must checkpoint the same step. JAX's preemption service (started by
   `jax.distributed.initialize`, on unless `jax_enable_preemption_service` is off) catches
-  SIGTERM in every process, spreads the notice through the coordination service and agrees on a step (the
-  furthest process's next one); `reached_preemption_sync_point` is True on every process
-  at that step. Python's own SIGTERM handler must then stay uninstalled, as it would
-  replace the service's, and SIGINT keeps Python's default (KeyboardInterrupt, no
-  checkpoint): the service does not spread it. Without the service, each process's flag
-  is gathered over all processes every step (a small host all-gather per step) and every
+  SIGTERM in every process, spreads the notice through the coordination service and agrees
+  on a step (the furthest process's next one); `reached_preemption_sync_point` is True on
+  every process at that step. Python's own SIGTERM handler must then stay uninstalled, as
+  it would replace the service's, and SIGINT keeps Python's default (KeyboardInterrupt, no
+  checkpoint): the service does not spread it. Without the service, each process's flag is
+  gathered over all processes every step (a small host all-gather per step) and every
   process stops on the largest signal number seen.
   """
   if not enabled:
