@@ -468,10 +468,23 @@ def _check_batch(state: CGMLState, batch: dict) -> int:
 # Algorithm 1.
 
 
+def _per_example_errors(errors: jax.Array, z: jax.Array) -> jax.Array:
+  """`errors`, after checking that E gave one value per row of z (B, n).
+
+  A shape check in Python, at trace time: it adds nothing to the traced program. Without
+  it a scalar E fails later with an IndexError far from its cause.
+  """
+  if getattr(errors, 'shape', None) != z.shape[:1]:
+    raise ValueError(f'E must return one value per example, shape (B,) = ({z.shape[0]},), '
+                     f'got shape {getattr(errors, "shape", type(errors).__name__)}; reduce '
+                     'every axis but the batch axis in loss_fn(y_hat, batch)')
+  return errors
+
+
 def _frozen_error_fn(state: CGMLState, batch: dict) -> Callable[[jax.Array], jax.Array]:
   """z (B, n) -> E (B,) of G(H(x), z) at the state's parameters, nothing updated."""
   h = encode(state, batch['x'])
-  return lambda z: state.loss_fn(generate(state, h, z), batch)
+  return lambda z: _per_example_errors(state.loss_fn(generate(state, h, z), batch), z)
 
 
 def best_of_candidates(error_fn: Callable[[jax.Array], jax.Array],
@@ -633,7 +646,7 @@ class _HGAt:
     y_hat = apply_module(self._state.generator, self._params['generator'],
                          self._stats['generator'], self.h, z, train=False,
                          **self._z_step_kw)[0]
-    return self._state.loss_fn(y_hat, self._batch)
+    return _per_example_errors(self._state.loss_fn(y_hat, self._batch), z)
 
   def loss_and_grads(self, z_next: jax.Array) -> tuple[jax.Array, PyTree, PyTree]:
     r"""mean E(G(H(x), z'), y) and its gradient wrt (H, G), z' fixed (step 4).

@@ -107,7 +107,8 @@ def base(task: str, methods: tuple[str, ...] = ('l1', 'cgml')) -> ml_collections
   c.checkpoint.allow_config_mismatch = False
 
   c.logging = ml_collections.ConfigDict()
-  c.logging.tensorboard = False  # event files in workdir/logs (metrics.jsonl always)
+  c.logging.tensorboard = True  # event files in workdir/logs (metrics.jsonl always)
+  c.logging.images = True      # image summaries (logs/images/, TensorBoard) after training
 
   c.distributed = ml_collections.ConfigDict()  # multi-host; empty/0/-1 = from environment
   c.distributed.coordinator_address = ''  # host:port of process 0 (JAX_COORDINATOR_ADDRESS)
@@ -320,6 +321,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _fail('data.batch_size', batch, f'a multiple of the {n_dev} devices, e.g. '
           f'{max(n_dev, batch // n_dev * n_dev)}')
   _int(config, 'data.num_train', 0 if task == 'spectral3d' else 1)
+  n_train = _generated_train_size(config, task)
+  if n_train is not None and isinstance(batch, int) and batch > n_train:
+    _fail('data.batch_size', batch, f'at most the {n_train} training examples '
+          '(config.data.num_train)')
   _int(config, 'data.num_test', 0 if task == 'spectral3d' else 1)
   _int(config, 'data.num_threads', 1)
   _int(config, 'data.channels', 1)
@@ -388,6 +393,26 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if trains_mrgan and isinstance(v, int) and isinstance(batch, int) and v > batch:
       _fail(f'mrgan.{f}', v, f'at most data.batch_size = {batch} (a slice of each batch)')
   return config
+
+
+# Sources whose training set is generated with `data.num_train` examples (no files): the
+# embedded photo crops and the colour-mode shapes.
+_GENERATED_SOURCES = ('', 'embedded', 'shapes')
+
+
+def _generated_train_size(config, task) -> int | None:
+  """The training set size where the config alone fixes it: the toy's `data.num_train`
+  points, the generated image sources' `data.num_train` examples, a spectral3d subset of
+  `data.num_train` shapes. None where it depends on files (`train.check_data` counts
+  those)."""
+  n = _get(config, 'data.num_train')
+  if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    return None
+  name = _get(config, 'data.name')
+  if task in ('toy', 'spectral3d') or (task != 'mnist_corrupted' and (
+      name is _MISSING or name in _GENERATED_SOURCES)):
+    return n
+  return None
 
 
 def _device_count(config) -> int | None:

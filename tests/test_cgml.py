@@ -1,5 +1,7 @@
 """Each equation of cgml.py against a hand-written numpy computation, and Algorithm 1."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -284,3 +286,21 @@ def test_bad_inputs_raise_clear_errors():
         jax.random.key(0), b['x'], encoder=MLPEncoder(), generator=MLPGenerator(3),
         latent_net=MLPLatentNet(), tx_hg=optax.adam(1e-3), tx_latent=optax.adam(1e-3),
         hp=cgml.Hyper(z_dim=3, latent_init='persistent'))
+
+
+@pytest.mark.parametrize('init_candidates', [1, 4])
+def test_scalar_error_function_is_refused_at_trace_time(init_candidates):
+  """E must give one error per example: a scalar E (a mean over the batch) is named as
+  such while tracing, on the z step and on the best-of-N z_0 alike, and the check is
+  Python only: the lowered step of a correct E is the same with or without it."""
+  state = make_state().replace(hp=dataclasses.replace(make_state().hp,
+                                                      init_candidates=init_candidates))
+  scalar = state.replace(loss_fn=lambda y_hat, b: jnp.abs(y_hat - b['y']).mean())
+  with pytest.raises(ValueError, match=r'E must return one value per example, shape '
+                                       r'\(B,\) = \(64,\), got shape \(\)'):
+    jax.eval_shape(cgml.train_step, scalar, batch(), jax.random.key(0))
+  lowered = jax.jit(cgml.train_step).lower(state, batch(), jax.random.key(0)).as_text()
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(cgml, '_per_example_errors', lambda errors, z: errors)
+    unchecked = jax.jit(cgml.train_step).lower(state, batch(), jax.random.key(0)).as_text()
+  assert lowered == unchecked

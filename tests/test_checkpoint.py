@@ -58,10 +58,11 @@ def step_fn(state, batch, key, nan_at=None):
 
 
 class Batches:
-  """Deterministic batches from a position; checkpointable, and it can send SIGTERM."""
+  """Deterministic batches from a position; checkpointable, and it can send a signal
+  (SIGTERM by default, `times` times) when it hands out batch `sigterm_at`."""
 
-  def __init__(self, sigterm_at=None):
-    self.pos, self.sigterm_at = 0, sigterm_at
+  def __init__(self, sigterm_at=None, sig=signal.SIGTERM, times=1):
+    self.pos, self.sigterm_at, self.sig, self.times = 0, sigterm_at, sig, times
 
   def get_state(self):
     return {'pos': self.pos}
@@ -76,7 +77,8 @@ class Batches:
     rng = np.random.default_rng(self.pos)
     self.pos += 1
     if self.pos == self.sigterm_at:
-      os.kill(os.getpid(), signal.SIGTERM)
+      for _ in range(self.times):
+        os.kill(os.getpid(), self.sig)
     return {'x': rng.normal(size=(4, 2)).astype(np.float32),
             'index': rng.integers(0, 16, size=4).astype(np.int32)}
 
@@ -194,6 +196,56 @@ def test_sigterm_saves_and_stops(tmp_path, reference):
   assert_same(state, reference)
 
 
+def test_ctrl_c_saves_and_stops_like_sigterm(tmp_path, reference):
+  d = str(tmp_path / 'ck')
+  with pytest.raises(loop.Preempted) as e:
+    run(10, checkpoint.Checkpointer(d, every=100), Batches(sigterm_at=4, sig=signal.SIGINT))
+  assert e.value.step == 4 and e.value.signum == signal.SIGINT
+  assert str(e.value).startswith('interrupted (Ctrl-C) after step 4; checkpoint at step 4')
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  ck = checkpoint.Checkpointer(d, every=100)
+  assert ck.all_steps() == [4]
+  state, _ = run(10, ck)
+  assert_same(state, reference)
+
+
+def test_second_ctrl_c_aborts_at_once(tmp_path):
+  d = str(tmp_path / 'ck')
+  with pytest.raises(KeyboardInterrupt):
+    run(10, checkpoint.Checkpointer(d, every=100),
+        Batches(sigterm_at=4, sig=signal.SIGINT, times=2))
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_training_time_is_kept_in_the_checkpoint(tmp_path):
+  d = str(tmp_path / 'ck')
+  first = {}
+  run(6, checkpoint.Checkpointer(d, every=3), timing=first)
+  again = {}
+  run(6, checkpoint.Checkpointer(d, every=3), timing=again)  # already trained
+  assert first['train_seconds'] > 0 and again['train_seconds'] == first['train_seconds']
+
+
+def test_prepare_writes_nothing_but_the_lock(tmp_path):
+  """A run refused after `prepare` (its data missing) leaves no config.json that would
+  refuse the corrected command; `fit_method` records it once training starts."""
+  config = ml_collections.ConfigDict({
+      'train': {'steps': 2, 'log_every': 1},
+      'checkpoint': {'every': 5, 'keep': 1, 'async_save': False,
+                     'allow_config_mismatch': False},
+      'logging': {'tensorboard': True}})
+  wd = str(tmp_path / 'run')
+  try:
+    writer = workdir.prepare(config, wd)
+    assert sorted(os.listdir(wd)) == ['workdir.lock']
+    workdir.fit_method(init_state(), step_fn, Batches(), config, wd, 'm', 'task/m',
+                       jax.random.key(3), writer=writer)
+    writer.close()
+  finally:
+    lock._HELD[os.path.abspath(wd)].release()
+  assert {'config.json', 'logs', 'checkpoints'} <= set(os.listdir(wd))
+
+
 def test_config_guard(tmp_path):
   cfg = ml_collections.ConfigDict({'seed': 0, 'train': {'lr': 1e-3, 'log_every': 10},
                                    'modes': (4.0, -4.0)})
@@ -211,6 +263,9 @@ def test_config_guard(tmp_path):
   diff = checkpoint.check_workdir_config(str(tmp_path), cfg, allow_mismatch=True)
   assert set(diff) == {'train.lr', 'modes'}
   assert checkpoint.check_workdir_config(str(tmp_path), cfg) == {}  # now recorded
+  other = tmp_path / 'other'
+  assert checkpoint.check_workdir_config(str(other), cfg, record=False) == {}
+  assert not other.exists()
 
 
 def test_failed_write_is_one_line_keeps_previous_and_resumes_exactly(tmp_path, reference,

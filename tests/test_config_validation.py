@@ -43,6 +43,8 @@ CASES = [
     (complete, 'paper', 'data.center_crop', -1, 'config.data.center_crop = -1'),
     (toy, 'smoke', 'loss.error', 'l3', "('l1', 'l2')"),
     (toy, 'smoke', 'data.batch_size', -3, 'config.data.batch_size = -3'),
+    (toy, 'smoke', 'data.batch_size', 10**8, 'at most the 512 training examples'),
+    (colorize, 'photos,smoke', 'data.batch_size', 65, 'at most the 64 training examples'),
     (toy, 'smoke', 'train.generator_update', 'first', "('every', 'last')"),
     (toy, 'smoke', 'latent.z_loss', 'sum', "('split', 'joint')"),
     (spectral3d, 'smoke', 'train.steps', 0, 'config.train.steps = 0'),
@@ -133,3 +135,30 @@ def test_colorize_defaults_to_colour_modes_and_photos_is_one_argument_away():
   assert colorize.get_config('paper').data.name == 'tfds:stl10'
   with pytest.raises(ValueError, match="'best' and 'mnist' are for the colour-modes"):
     colorize.get_config('photos,best')
+
+
+def test_missing_data_and_a_batch_larger_than_the_files_are_refused_before_the_workdir(
+    tmp_path):
+  """`train.check_data`: the offline files a config reads are looked for (headers only)
+  before the workdir exists; the message names the file and both ways to point at it."""
+  from cgml_jax.data import sources
+  from experiments import colour_modes
+  config = colour_modes.get_config('mnist,smoke')
+  config.data.data_dir = str(tmp_path / 'no_data')
+  workdir = tmp_path / 'run'
+  with pytest.raises(sources.DataNotFoundError) as e:
+    train.train_and_evaluate(config, str(workdir))
+  msg = str(e.value)
+  assert '\n' not in msg and 'mnist/mnist_train.npz' in msg and str(tmp_path / 'no_data') in msg
+  assert '$CGML_DATA_DIR' in msg and '--config.data.data_dir' in msg
+  assert not workdir.exists()
+  data_dir = sources.resolve_data_dir(must_exist=False)
+  if not (data_dir / 'mnist' / 'mnist_train.npz').exists():
+    pytest.skip('the batch-size half needs the offline data folder (docs/data.md)')
+  config.data.data_dir = str(data_dir)
+  config.data.train_split = 'train[:100]'
+  config.data.batch_size = 101
+  with pytest.raises(configs.ConfigError, match=r"at most the 100 examples of mnist split "
+                                                r"'train\[:100\]'"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()

@@ -1,5 +1,6 @@
-"""The launcher and the outer loop: real entry point, config errors, NaN stops, a failed
-checkpoint write and a crash in evaluation."""
+"""The launcher and the outer loop: real entry point, --help, config, data and size errors
+(one line, status 2, nothing written), NaN stops, a failed checkpoint write and a crash in
+evaluation."""
 
 import errno
 import json
@@ -14,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from compile_env import fast_compile_env
 
+from cgml_jax.data import sources
 from cgml_jax.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,6 +90,57 @@ def test_launcher_rejects_bad_modes(tmp_path):
           '--config.data.modes=()')
   line = one_error_line(p)
   assert 'modes' in line and 'non-empty' in line
+
+
+def test_help_lists_every_config_and_its_variants():
+  p = run('--help')
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert '--workdir=runs/toy_smoke \\\n      --config.train.steps=1000' in p.stdout
+  configs = {l.split()[0]: l.split(None, 1)[1] for l in p.stdout.splitlines()
+             if l.startswith('  experiments/')}
+  assert configs['experiments/toy.py'] == 'paper, best, smoke'
+  assert configs['experiments/colour_modes.py'] == 'smoke, mnist, best, paper'
+  assert 'experiments/run.py' not in configs and len(configs) >= 10
+  assert '--workdir' in p.stdout and '143' in p.stdout and '130' in p.stdout
+
+
+def test_launcher_names_a_missing_config_file(tmp_path):
+  p = run('--config=WRONG_PATH', f'--workdir={tmp_path}/run')
+  line = one_error_line(p)
+  assert "config file 'WRONG_PATH' not found" in line and 'experiments/toy.py' in line
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_absurd_batch_size_is_refused_before_the_workdir_is_touched(tmp_path):
+  p = run('--config=experiments/toy.py:smoke', f'--workdir={tmp_path}/run',
+          '--config.data.batch_size=100000000')
+  line = one_error_line(p)
+  assert 'config.data.batch_size = 100000000' in line and 'at most the 512' in line
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_missing_data_is_one_line_and_the_suggested_fix_works_on_the_same_workdir(tmp_path):
+  """Without the data folder: one line naming the file and both ways to point at it, and
+  nothing written; the retry with --config.data.data_dir then runs on the same workdir
+  (it used to be refused as a config mismatch by the config.json of the failed run)."""
+  args = ['--config=experiments/colour_modes.py:mnist,smoke', f'--workdir={tmp_path}/run',
+          "--config.methods=('l1',)", '--config.train.steps=2']
+  p = subprocess.run([sys.executable, '-m', 'experiments.run', *args], cwd=REPO,
+                     capture_output=True, text=True, timeout=600,
+                     env=fast_compile_env(**{sources.ENV_VAR: str(tmp_path / 'no_data')}))
+  line = one_error_line(p)
+  assert line.startswith('error: missing data: mnist (mnist/mnist_train.npz) not found')
+  assert '$CGML_DATA_DIR' in line and '--config.data.data_dir' in line
+  assert not os.path.exists(tmp_path / 'run')
+  data_dir = sources.resolve_data_dir(must_exist=False)
+  if not (data_dir / 'mnist' / 'mnist_train.npz').exists():
+    pytest.skip('the retry needs the offline data folder (set CGML_DATA_DIR; docs/data.md)')
+  p = subprocess.run([sys.executable, '-m', 'experiments.run', *args,
+                      f'--config.data.data_dir={data_dir}'], cwd=REPO, capture_output=True,
+                     text=True, timeout=600,
+                     env=fast_compile_env(**{sources.ENV_VAR: str(tmp_path / 'no_data')}))
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert os.path.exists(tmp_path / 'run' / 'metrics.json')
 
 
 def test_nan_stops_training_naming_the_step():

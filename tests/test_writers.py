@@ -54,3 +54,27 @@ def test_fit_writes_every_log_interval(tmp_path):
   w.close()
   rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert rows == [{'step': 3, 'm/E': 2.0}, {'step': 6, 'm/E': 5.0}, {'step': 7, 'm/E': 6.0}]
+
+
+def test_writer_creates_nothing_before_its_first_record(tmp_path):
+  w = writers.create_writer(str(tmp_path / 'logs'))
+  w.flush()
+  assert not (tmp_path / 'logs').exists()
+  w.write_scalars(1, {'E': float('nan'), 'rho': 0.5})
+  w.close()
+  raise_on = lambda c: (_ for _ in ()).throw(ValueError(c))
+  rows = [json.loads(l, parse_constant=raise_on) for l in open(tmp_path / 'logs/metrics.jsonl')]
+  assert rows == [{'step': 1, 'E': None, 'rho': 0.5}]
+
+
+def test_progress_from_the_first_step_with_rate_and_eta(capsys):
+  def step(state, batch, key):
+    del batch, key
+    return state + 1.0, {'E': state}
+
+  loop.fit(jnp.zeros(()), step, iter(lambda: {}, None), num_steps=5, key=jax.random.key(0),
+           log_every=100, name='m')
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == '[m] starting at step 0/5; compiling the step'
+  assert lines[1].startswith('[m] step 1/5 E=0 | first step ')
+  assert lines[-1].startswith('[m] step 5/5 E=4 |') and 'steps/s ETA 0:00:00' in lines[-1]

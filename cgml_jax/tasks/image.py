@@ -779,8 +779,4 @@ def run(task: ImageTask, config: ml_collections.ConfigDict, workdir: str) -> dic
       json.dump(results, f, indent=2)
     with open(os.path.join(workdir, 'metrics.md'), 'w') as f:
       f.write(markdown(results))
-    shown = ('psnr_best', 'E_best', 'lpips_best', 'diversity')
-    summary = {p: {m: {k: round(v, 4) for k, v in r.items() if k in shown}
-                   for m, r in pm.items()} for p, pm in metrics.items()}
-    print(f'[{task.name}] ' + json.dumps(summary), flush=True)
   return results

@@ -314,8 +314,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     config.latent.traverse_steps)
       if config.eval.plots and parallel.is_primary():
         rho_xy = rho_xy_map(t.state)
-    print(f'[toy/{method}] ' + json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                           for k, v in results[method].items()}), flush=True)
   out = {'modes': modes.tolist(), 'num_test': int(config.data.num_test),
          'num_samples': int(config.eval.num_samples), 'tau': tau, 'methods': results}
   writer.close()

@@ -423,12 +423,17 @@ def config_to_json(config) -> dict:
 
 
 def check_workdir_config(workdir: str, config, *, allow_mismatch: bool = False,
-                         ignore=RESUMABLE_FIELDS, log=None) -> dict:
+                         ignore=RESUMABLE_FIELDS, log=None, record: bool = True) -> dict:
   """Refuses to continue a workdir written with a different config; records the config.
 
   The first run writes `workdir/config.json`. Later runs compare against it and raise
   `ConfigMismatchError` listing each differing field, unless `allow_mismatch`, in which
   case the differences are printed and the new config is recorded.
+
+  Args:
+    record: write the config now; False leaves that to `record_workdir_config`, called
+      once the run has started work worth guarding (`workdir.prepare` defers it, so a run
+      refused before training leaves no config behind).
 
   Returns:
     The differences {field: (saved, new)} (empty if none or a fresh workdir).
@@ -449,10 +454,32 @@ def check_workdir_config(workdir: str, config, *, allow_mismatch: bool = False,
       if jax.process_index() == 0:
         print(f'[checkpoint] continuing {workdir} despite config changes:\n{lines}',
               file=log or sys.stdout, flush=True)
-  if jax.process_index() == 0 and (diff or not os.path.exists(path)):
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(new, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+  if record and (diff or not os.path.exists(path)):
+    _write_config(path, new)
   return diff
+
+
+def record_workdir_config(workdir: str, config, ignore=RESUMABLE_FIELDS):
+  """Writes `workdir/config.json` unless it already holds `config` up to the `ignore`d
+  fields (process 0 only), as `check_workdir_config(..., record=True)` would.
+
+  Call `check_workdir_config` first: this does not refuse a mismatch, it records it (one
+  that was allowed).
+  """
+  path = os.path.join(workdir, 'config.json')
+  new = config_to_json(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      if not config_diff(json.load(f), new, ignore):
+        return
+  _write_config(path, new)
+
+
+def _write_config(path: str, config_json: dict):
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(config_json, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)

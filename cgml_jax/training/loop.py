@@ -4,7 +4,7 @@
 train state: jit over a `data` mesh (batches split, state replicated), per-step keys
 `fold_in(key, step)`, NaN/Inf checks on the metrics and the whole state, console progress
 with rate and ETA, metric writers, Orbax checkpoints with automatic resume, and a clean
-save-and-exit on SIGTERM.
+save-and-exit on SIGTERM and on Ctrl-C (SIGINT).
 
 Exactness: a run is a function of (initial state, key, data order). The checkpoint holds
 the state, the key and the iterator position, so a resumed run takes the same steps on the
@@ -35,13 +35,19 @@ class NonFiniteError(FloatingPointError):
 
 
 class Preempted(Exception):
-  """SIGTERM arrived; the state at `step` was checkpointed and training stopped."""
+  """SIGTERM or SIGINT arrived; the state at `step` was checkpointed and training stopped.
 
-  def __init__(self, step: int, directory: str | None):
-    self.step, self.directory = step, directory
+  `signum` says which: the launcher exits with 128 + signum (143 for SIGTERM, 130 for
+  SIGINT), the shell's convention for a process ended by that signal.
+  """
+
+  def __init__(self, step: int, directory: str | None, signum: int = signal.SIGTERM):
+    self.step, self.directory, self.signum = step, directory, int(signum)
     where = f'checkpoint at step {step} in {directory}' if directory else 'no checkpointer'
-    super().__init__(f'preempted (SIGTERM) after step {step}; {where}. Run the same command '
-                     'again to resume.')
+    what = ('interrupted (Ctrl-C)' if self.signum == signal.SIGINT
+            else f'preempted ({signal.Signals(self.signum).name})')
+    super().__init__(f'{what} after step {step}; {where}. Run the same command again to '
+                     'resume.')
 
 
 def format_eta(seconds: float) -> str:
@@ -52,29 +58,45 @@ def format_eta(seconds: float) -> str:
 
 
 class Progress:
-  """Console progress lines with rate and ETA, one every `every` steps (CI-friendly)."""
+  """Console progress: a line when training starts, one after the first step (which
+  includes compilation), then one every `every` steps or `interval` seconds, whichever
+  comes first, each with the rate and the ETA (CI-friendly: plain lines, no carriage
+  returns). Only process 0 prints."""
 
-  def __init__(self, name: str, total: int, every: int, stream=None):
+  def __init__(self, name: str, total: int, every: int, stream=None, interval: float = 15.0):
     self.name, self.total, self.every, self.stream = name, total, max(1, every), stream
-    self.t0 = time.perf_counter()
+    self.interval = interval
+    self.t0 = self.last_line = time.perf_counter()
     self.first_step = None
+
+  def _print(self, text: str):
+    if jax.process_index() == 0:
+      print(f'[{self.name}] {text}', file=self.stream or sys.stdout, flush=True)
+    self.last_line = time.perf_counter()
+
+  def start(self, step: int):
+    """Before the first step of this call: `step` steps are already done (a resume)."""
+    self.t0 = time.perf_counter()
+    verb = 'starting' if step == 0 else 'resuming'
+    self._print(f'{verb} at step {step}/{self.total}; compiling the step')
 
   def update(self, step: int, metrics: dict[str, float]):
     """`step` is the number of completed steps."""
+    parts = ' '.join(f'{k}={v:.4g}' for k, v in metrics.items())
+    now = time.perf_counter()
     if self.first_step is None:
       # Rates exclude the first step: it includes compilation.
-      self.first_step, self.t0 = step, time.perf_counter()
-      if step != self.total:
-        return
-    if step % self.every and step != self.total:
+      self._print(f'step {step}/{self.total} {parts} | first step {now - self.t0:.1f}s '
+                  '(with compilation)')
+      self.first_step, self.t0 = step, now
       return
-    dt = time.perf_counter() - self.t0
-    rate = (step - self.first_step) / max(dt, 1e-9)
+    if (step % self.every and step != self.total
+        and now - self.last_line < self.interval):
+      return
+    rate = (step - self.first_step) / max(now - self.t0, 1e-9)
     eta = (self.total - step) / rate if rate > 0 else float('inf')
-    parts = ' '.join(f'{k}={v:.4g}' for k, v in metrics.items())
-    if jax.process_index() == 0:
-      print(f'[{self.name}] step {step}/{self.total} {parts} | {rate:.1f} steps/s '
-            f'ETA {format_eta(eta)}', file=self.stream or sys.stdout, flush=True)
+    self._print(f'step {step}/{self.total} {parts} | {rate:.1f} steps/s '
+                f'ETA {format_eta(eta)}')
 
 
 def _all_finite(tree) -> jax.Array:
@@ -84,17 +106,33 @@ def _all_finite(tree) -> jax.Array:
 
 
 @contextlib.contextmanager
-def _sigterm_flag(enabled: bool):
-  """Yields a list that becomes non-empty when SIGTERM arrives (main thread only)."""
+def _signal_flag(enabled: bool, signals=(signal.SIGTERM, signal.SIGINT)):
+  """Yields a list to which each of `signals` is appended when it arrives (main thread
+  only).
+
+  A second SIGINT raises KeyboardInterrupt at once, so that Ctrl-C twice aborts without
+  waiting for the current step and its checkpoint. A signal that the process ignores
+  (SIGINT of a job started in the background by a shell without job control) stays
+  ignored.
+  """
   flag = []
   if not enabled or threading.current_thread() is not threading.main_thread():
     yield flag
     return
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.append(signum))
+
+  def handler(signum, frame):
+    del frame
+    if signum == signal.SIGINT and signal.SIGINT in flag:
+      raise KeyboardInterrupt
+    flag.append(signum)
+
+  previous = {s: signal.signal(s, handler) for s in signals
+              if signal.getsignal(s) is not signal.SIG_IGN}
   try:
     yield flag
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for s, p in previous.items():
+      signal.signal(s, p)
 
 
 # Arguments of `reached_preemption_sync_point` in this process. JAX's protocol wants a
@@ -107,24 +145,27 @@ _sync_calls = itertools.count(1)
 
 @contextlib.contextmanager
 def _preemption(enabled: bool):
-  """Yields `stop()`, which every process calls once per step: True when training must stop.
+  """Yields `stop()`, which every process calls once per step: the number of the signal
+  that stops training (SIGTERM or SIGINT), or 0 to go on.
 
-  One process: True once SIGTERM has arrived (a Python signal handler; nothing else runs
-  per step). Several processes: SIGTERM reaches one host first, or only one, yet all must
-  checkpoint the same step. JAX's preemption service (started by `jax.distributed.
-  initialize`, on unless `jax_enable_preemption_service` is off) catches SIGTERM in every
-  process, spreads the notice through the coordination service and agrees on a step (the
-  furthest process's next one); `reached_preemption_sync_point` is True on every process
-  at that step. Python's own SIGTERM handler must then stay uninstalled, as it would
-  replace the service's. Without the service, each process's SIGTERM flag is OR-ed over
-  all processes every step (a small host all-gather per step).
+  One process: the first of SIGTERM or SIGINT that has arrived (a Python signal handler;
+  nothing else runs per step). Several processes: SIGTERM reaches one host first, or only
+  one, yet all must checkpoint the same step. JAX's preemption service (started by
+  `jax.distributed.initialize`, on unless `jax_enable_preemption_service` is off) catches
+  SIGTERM in every process, spreads the notice through the coordination service and agrees
+  on a step (the furthest process's next one); `reached_preemption_sync_point` is True on
+  every process at that step. Python's own SIGTERM handler must then stay uninstalled, as
+  it would replace the service's, and SIGINT keeps Python's default (KeyboardInterrupt, no
+  checkpoint): the service does not spread it. Without the service, each process's flag is
+  gathered over all processes every step (a small host all-gather per step) and every
+  process stops on the largest signal number seen.
   """
   if not enabled:
-    yield lambda: False
+    yield lambda: 0
     return
   if jax.process_count() == 1:
-    with _sigterm_flag(True) as flag:
-      yield lambda: bool(flag)
+    with _signal_flag(True) as flag:
+      yield lambda: flag[0] if flag else 0
     return
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   sync = lambda: multihost_utils.reached_preemption_sync_point(next(_sync_calls))
@@ -133,17 +174,19 @@ def _preemption(enabled: bool):
   except RuntimeError:  # the preemption service is disabled
     first = None
   if first is not None:
-    yield lambda: first.pop() if first else sync()
+    yield lambda: signal.SIGTERM if (first.pop() if first else sync()) else 0
     return
-  with _sigterm_flag(True) as flag:
-    yield lambda: bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
+  with _signal_flag(True) as flag:
+    yield lambda: int(np.max(multihost_utils.process_allgather(
+        np.int32(flag[0] if flag else 0))))
 
 
 def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
         key: jax.Array, log_every: int = 100, name: str = 'train',
         extra_metrics: Callable[[Any], dict] | None = None,
         history_every: int | None = None, checkpointer=None, writer=None,
-        mesh=None, handle_sigterm: bool = True) -> tuple[Any, list[dict]]:
+        mesh=None, handle_sigterm: bool = True,
+        timing: dict | None = None) -> tuple[Any, list[dict]]:
   """Runs `step_fn(state, batch, key) -> (state, metrics)` up to step `num_steps`.
 
   The step's key is `fold_in(key, step)`, so a run is a function of (state, data, key).
@@ -171,29 +214,44 @@ def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
       checkpoint, save every `checkpointer.every` steps and at the end.
     writer: a `cgml_jax.training.writers` writer; the recorded metrics go to it as `name/metric`.
     mesh: device mesh with a `data` axis (default: all devices, `parallel.make_mesh()`).
-    handle_sigterm: on SIGTERM, finish the current step, checkpoint it and raise
-      `Preempted`. In a multi-process run SIGTERM to any one process stops every process
-      at the same step (see `_preemption`).
+    handle_sigterm: on SIGTERM or SIGINT (Ctrl-C), finish the current step, checkpoint
+      it and raise `Preempted`; a second SIGINT raises KeyboardInterrupt at once. In a
+      multi-process run SIGTERM to any one process stops every process at the same step
+      (see `_preemption`).
+    timing: if given, filled with 'train_seconds': the wall seconds this run has spent in
+      `fit`, summed over every session that resumed it. The sum is kept in the
+      checkpoints, so a call that finds the run already trained reports the recorded
+      time, not its own.
 
   Returns:
     (final state, history: list of {'step': s, **metrics} dicts, including the part
     restored from a checkpoint).
   """
+  t_call = time.perf_counter()
   mesh = parallel.make_mesh() if mesh is None else mesh
   history_every = history_every or log_every
   state = parallel.replicate(state, mesh)
   history: list[dict] = []
   start = 0
+  seconds_before = 0.0  # training time of earlier sessions, from the checkpoint
+  timing = {} if timing is None else timing
+
+  def seconds() -> float:
+    return seconds_before + time.perf_counter() - t_call
 
   if checkpointer is not None:
     restored = checkpointer.restore_latest(state, key=key, iterator=batches)
     if restored is not None:
       state, key, start = restored.state, restored.key, restored.step
       history = list(restored.meta.get('history', []))
+      recorded = restored.meta.get('train_seconds')
       if start >= num_steps:
         if jax.process_index() == 0:
           print(f'[{name}] already trained to step {start}; not training again', flush=True)
+        timing['train_seconds'] = seconds() if recorded is None else float(recorded)
         return state, history
+      # Checkpoints written before the time was recorded count from this session on.
+      seconds_before = float(recorded or 0.0)
       if not _checkpointable(batches):
         for _ in range(start):  # fast-forward (see the module docstring of checkpoint)
           next(batches)
@@ -232,9 +290,11 @@ def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
 
   def save(step):
     nonlocal last_saved
+    # What a rerun reads back: the final save's time is the run's reported time too.
+    timing['train_seconds'] = round(seconds(), 3)
     checkpointer.save(step, state, key=key, iterator=batches,
                       meta={'finished': step >= num_steps, 'num_steps': num_steps,
-                            'history': history})
+                            'history': history, 'train_seconds': timing['train_seconds']})
     last_saved = step
     if writer is not None:
       # Written metrics then reach disk at least as far as the checkpoint. After a kill,
@@ -243,9 +303,11 @@ def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
       writer.flush()
 
   pending = None
-  with _preemption(handle_sigterm) as preempted:
+  progress.start(start)
+  with _preemption(handle_sigterm) as stop_signal:
     for step in range(start, num_steps):
-      if preempted():
+      signum = stop_signal()
+      if signum:
         if pending is not None:
           settle(pending)
         if checkpointer is not None:
@@ -253,7 +315,8 @@ def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
           checkpointer.wait()
         if writer is not None:
           writer.flush()
-        raise Preempted(step, checkpointer.directory if checkpointer is not None else None)
+        raise Preempted(step, checkpointer.directory if checkpointer is not None else None,
+                        signum)
       batch = parallel.shard_batch(next(batches), mesh)
       state, metrics, flags = jstep(state, batch, jax.random.fold_in(key, step))
       if pending is not None:
@@ -270,6 +333,8 @@ def fit(state, step_fn: Callable, batches: Iterator[dict], *, num_steps: int,
     checkpointer.wait()
   if writer is not None:
     writer.flush()
+  if checkpointer is None:
+    timing['train_seconds'] = seconds()
   return state, history
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import ml_collections
@@ -79,6 +78,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
   """Joins the hosts (config.distributed), locks the workdir, checks its config, opens the
   writer.
 
+  It writes nothing but the lock: the config is recorded (`workdir/config.json`) when
+  the first method starts training (`fit_method`), and the writer creates `workdir/logs`
+  on its first record. A run that stops before training, for missing data or a bad
+  size, leaves nothing that would refuse the corrected command on the same workdir.
+
   The workdir is created if needed and locked for the rest of the process's life (see
   `cgml_jax.training.lock`): a second run on it is refused here, before any work. The
   takeover timeout is `config.checkpoint.lock_timeout` if the config has that field, else
@@ -99,7 +103,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
   ensure_workdir(workdir)
   claim(workdir, timeout=config.get('checkpoint', {}).get('lock_timeout'))
   checkpoint.check_workdir_config(workdir, config,
-                                  allow_mismatch=config.checkpoint.allow_config_mismatch)
+                                  allow_mismatch=config.checkpoint.allow_config_mismatch,
+                                  record=False)
   return writers.create_writer(os.path.join(workdir, 'logs'),
                                tensorboard=config.logging.tensorboard)
 
@@ -111,16 +116,20 @@ def fit_method(state, step_fn, batches, config: ml_collections.ConfigDict, workd
 
   Besides the step's own metrics it logs the learning rates that the optimisers applied
   (read from their states, `optim.learning_rates`) and whatever `extra_metrics(state)`
-  returns.
+  returns. It records the config in `workdir/config.json` (if not already there) before
+  training starts.
 
   Args:
     num_steps: batches to train for (default `config.train.steps`).
 
   Returns:
-    (state gathered to the host, metric history, wall seconds).
+    (state gathered to the host, metric history, training seconds: wall time spent
+    training this method, summed over every session of the run, as recorded in its
+    checkpoints; a rerun that finds it trained reports the recorded time).
   """
   ckpt = None
   if workdir is not None:
+    checkpoint.record_workdir_config(workdir, config)
     c = config.checkpoint
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints', method), every=c.every,
                                    keep=c.keep, async_save=c.async_save)
@@ -131,14 +140,14 @@ def fit_method(state, step_fn, batches, config: ml_collections.ConfigDict, workd
       out.update(extra_metrics(s))
     return out
 
-  t0 = time.perf_counter()
+  timing = {}
   try:
     state, history = loop.fit(state, step_fn, batches,
                               num_steps=config.train.steps if num_steps is None else num_steps,
                               key=key, log_every=config.train.log_every, name=name,
                               extra_metrics=logged, history_every=history_every,
-                              checkpointer=ckpt, writer=writer, mesh=mesh)
+                              checkpointer=ckpt, writer=writer, mesh=mesh, timing=timing)
   finally:
     if ckpt is not None:
       ckpt.close()
-  return parallel.to_local(state), history, time.perf_counter() - t0
+  return parallel.to_local(state), history, timing['train_seconds']

@@ -10,13 +10,15 @@
     imports, else a tensorboardX `SummaryWriter` when tensorboardX is installed, else none
     (reported once). Both write event files that `tensorboard --logdir` reads.
 
-Only process 0 writes; the others get a writer that drops everything, so trainers can
-call it unconditionally.
+Nothing is created until the first record: a run refused before training leaves no
+`logs/` behind. Only process 0 writes; the others get a writer that drops everything, so
+trainers can call it unconditionally. Non-finite scalars are written as JSON null.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any, Mapping
@@ -25,17 +27,25 @@ import jax
 import numpy as np
 
 
+def _json_float(v) -> float | None:
+  v = float(v)
+  return v if math.isfinite(v) else None
+
+
 class JsonlWriter:
-  """Scalars to `metrics.jsonl`, images to PNG files listed in `images.jsonl`."""
+  """Scalars to `metrics.jsonl`, images to PNG files listed in `images.jsonl`; the files
+  are created by the first record."""
 
   def __init__(self, logdir: str):
     self.logdir = logdir
-    os.makedirs(logdir, exist_ok=True)
-    self._f = open(os.path.join(logdir, 'metrics.jsonl'), 'a')
+    self._f = None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    self._f.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}})
-                  + '\n')
+    if self._f is None:
+      os.makedirs(self.logdir, exist_ok=True)
+      self._f = open(os.path.join(self.logdir, 'metrics.jsonl'), 'a')
+    row = {'step': int(step), **{k: _json_float(v) for k, v in scalars.items()}}
+    self._f.write(json.dumps(row, allow_nan=False) + '\n')
 
   def write_images(self, step: int, images: Mapping[str, Any]):
     from PIL import Image
@@ -51,14 +61,18 @@ class JsonlWriter:
       f.write(json.dumps({'step': int(step), **paths}) + '\n')
 
   def write_hparams(self, hparams: Mapping[str, Any]):
+    os.makedirs(self.logdir, exist_ok=True)
     with open(os.path.join(self.logdir, 'hparams.json'), 'w') as f:
       json.dump(dict(hparams), f, indent=2, default=str)
 
   def flush(self):
-    self._f.flush()
+    if self._f is not None:
+      self._f.flush()
 
   def close(self):
-    self._f.close()
+    if self._f is not None:
+      self._f.close()
+      self._f = None
 
 
 class _TensorBoardXWriter:
@@ -113,6 +127,38 @@ class MultiWriter:
       w.close()
 
 
+class _Lazy:
+  """A writer built by `make()` on its first record (None from `make`: records dropped)."""
+
+  def __init__(self, make):
+    self._make, self._w, self._made = make, None, False
+
+  def _get(self):
+    if not self._made:
+      self._w, self._made = self._make(), True
+    return self._w
+
+  def write_scalars(self, step, scalars):
+    if (w := self._get()) is not None:
+      w.write_scalars(step, scalars)
+
+  def write_images(self, step, images):
+    if (w := self._get()) is not None:
+      w.write_images(step, images)
+
+  def write_hparams(self, hparams):
+    if (w := self._get()) is not None:
+      w.write_hparams(hparams)
+
+  def flush(self):
+    if self._w is not None:
+      self._w.flush()
+
+  def close(self):
+    if self._w is not None:
+      self._w.close()
+
+
 def _tensorboard_writer(logdir: str, log=sys.stdout):
   try:
     from clu import metric_writers  # needs TensorFlow for its SummaryWriter
@@ -133,9 +179,7 @@ def create_writer(logdir: str, *, tensorboard: bool = True, jsonl: bool = True) 
     return MultiWriter([])
   writers = [JsonlWriter(logdir)] if jsonl else []
   if tensorboard:
-    tb = _tensorboard_writer(logdir)
-    if tb is not None:
-      writers.append(tb)
+    writers.append(_Lazy(lambda: _tensorboard_writer(logdir)))
   return MultiWriter(writers)
 
 
