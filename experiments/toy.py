@@ -11,7 +11,7 @@ Presets (docs/toy.md has their seed tables):
     Eq. 4 step, random z_0.
   best: paper + z_0 the best of 16 random points by E (`latent.init_candidates`) and a
     shorter z step, beta = 0.3 (`latent.step_size`).
-  smoke: a few seconds, for tests.
+  smoke: a few training steps, for tests (about a minute on a CPU, mostly compilation).
 """
 
 import ml_collections
