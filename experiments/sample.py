@@ -243,8 +243,12 @@ def run(model_dir: str, input_path: str, out_dir: str, num_samples: int, mask: s
     if not batch:
       continue
     x = np.stack([b.x_net for b in batch]).astype(np.float32)
-    y = model.sample(x, jax.random.fold_in(key, start), num_samples)  # (B, K, S, S, C)
-    b, k = y.shape[:2]
+    # Every call gets the same batch shape (zero rows fill a short batch, their outputs are
+    # dropped), so the sampler compiles once however many inputs a batch loses.
+    full = min(batch_size, len(files))
+    padded = np.concatenate([x, np.zeros((full - len(x),) + x.shape[1:], x.dtype)])
+    y = model.sample(padded, jax.random.fold_in(key, start), num_samples)[:len(x)]
+    b, k = y.shape[:2]                                     # y: (B, K, S, S, C)
     small = np.asarray(to_image(np.repeat(x, k, axis=0), y.reshape((b * k,) + y.shape[2:])))
     shown = np.asarray(input_image(x))
     for i, inp in enumerate(batch):
