@@ -14,7 +14,8 @@ The directory holds three Orbax items:
   meta    {'format', 'task', 'method', 'version'}.
 
 Supported: 'cgml' and 'cgml_no_rho' (K samples by Eq. 4 from K random z_0) and 'l1' (its
-one prediction repeated K times), on the image tasks and the toy. `Pretrained.sample`
+one prediction repeated K times), on the image tasks (colorize, colour_modes, complete,
+translate, mnist_corrupted) and the toy. `Pretrained.sample`
 runs the same computation as the training code's sampler, so the same key gives bitwise
 the same outputs on the same backend.
 """
@@ -37,7 +38,7 @@ from cgml_jax.training import checkpoint
 
 FORMAT = 'cgml_jax.pretrained/1'
 METHODS = ('cgml', 'cgml_no_rho', 'l1')
-IMAGE_TASKS = ('colorize', 'complete', 'translate', 'mnist_corrupted')
+IMAGE_TASKS = ('colorize', 'colour_modes', 'complete', 'translate', 'mnist_corrupted')
 
 
 class ExportError(ValueError):
@@ -150,11 +151,14 @@ def _modules(config, task: str):
 
 
 def image_task(config):
-  """The `ImageTask` of an image-task config (colorize, complete, translate, mnist)."""
+  """The `ImageTask` of an image-task config (one of `IMAGE_TASKS`)."""
   task = config.task
   if task == 'colorize':
     from cgml_jax.tasks import colorize
     return colorize.TASK
+  if task == 'colour_modes':
+    from cgml_jax.tasks import colour_modes
+    return colour_modes.TASK
   if task == 'complete':
     from cgml_jax.tasks import complete
     return complete.make_task(int(config.data.channels))

@@ -30,7 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.compare.target_error = 0.5  # L1 in [-1, 1] units, best of curve_samples
   c.compare.curve_every = 50
   c.probe.datasets = ('cifar10',)
-  if a.cpu:
+  # translate.get_config(arg) has already applied `smoke` to the task part, so `cpu`'s
+  # sizes are skipped under it: smoke always wins, whatever else the argument names.
+  if a.cpu and not a.smoke:
     # Sized for a 2-core CPU: at 128px one step of the seven methods takes ~20 s there,
     # plus ~2 min of compilation per method; 64px and 250 steps fit a CPU budget.
     c.data.image_size = 64

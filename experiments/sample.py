@@ -5,20 +5,32 @@ r"""Run a shared model (`cgml_jax.export`) on your own images: K outputs per inp
   python -m experiments.sample --model=inpainter --input=faces/ --mask=center --out=out/
 
 For each input image NAME it writes NAME_sample{k}.png (k = 0..K-1) and NAME_grid.png
-(input | K outputs), and grid.png with every input as a row.
+(input | K outputs), both at the input's own resolution, and grid.png with every input as
+a row at the model's side.
 
-  colorization  grey or colour photos; colour ones are converted to their lightness L
+  colorization  grey or colour photos; the network sees their lightness L at its side, and
+                the predicted ab is upsampled (bicubic) to the input's size and joined
+                with the input's full-resolution L
+  colour modes  a grey glyph (a colour image is converted to grey); RGB outputs
   completion    an image plus --mask: a PNG (white = the hole to fill, any size) or a
                 named mask protocol of cgml_jax.tasks.complete (area10, area15, area25,
                 center, irregular; the random ones drawn with --seed)
   translation   the input image of the pair (e.g. a facades label map)
 
-The network takes square images of the side it was trained at (config.data.image_size);
-other inputs are centre-cropped to a square and resized to it (bicubic), one line each.
+Sizes: the network takes square images of the side S it was trained at
+(config.data.image_size). Every input is resized (bicubic) to S x S for it, and its
+outputs are resized back to the input's size. An input smaller than S on a side is
+refused (it would have to be upscaled). Files are read by `cgml_jax.data.images.read_rgb`
+(16-bit, palette, CMYK; transparency composited on white).
+
+Exit status: 0 when every input was written; 1 when some inputs could not be read (each
+is reported in one line and skipped; the others are written); 2 for a bad command (a
+missing model or input folder, a bad mask or flag).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -33,15 +45,25 @@ flags.DEFINE_string('out', None, 'Output directory (created).')
 flags.DEFINE_string('mask', 'center', 'Completion only: a mask PNG or a protocol name.')
 flags.DEFINE_integer('seed', 0, 'Seed of the latents (and of random mask protocols).')
 flags.DEFINE_integer('batch_size', 16, 'Inputs per network call.')
-flags.DEFINE_integer('scale', 0, 'Enlarge the PNGs this many times (0: to about 96 px).')
+flags.DEFINE_integer('scale', 0, 'Enlarge grid.png this many times (0: to about 96 px).')
 flags.mark_flags_as_required(['model', 'input', 'out'])
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
-TASKS = ('colorize', 'complete', 'translate')
+TASKS = ('colorize', 'colour_modes', 'complete', 'translate')
+EXIT_SOME_FAILED = 1  # some inputs were skipped (each reported); the rest are written
+EXIT_BAD_COMMAND = 2  # nothing was run: a bad flag, model, input folder or mask
 
 
 class SampleError(ValueError):
   """Bad inputs to the command (missing files, a task it does not handle)."""
+
+
+@dataclasses.dataclass
+class Result:
+  """What a run did: the files written and the inputs skipped, as (path, reason)."""
+  written: list[str]
+  failed: list[tuple[str, str]]
+  num_inputs: int = 0
 
 
 def list_inputs(path: str) -> list[str]:
@@ -57,129 +79,205 @@ def list_inputs(path: str) -> list[str]:
   return [path]
 
 
-def fit_to(img: np.ndarray, size: int, resample: str = 'bicubic') -> tuple[np.ndarray, str]:
-  """Centre-crops to a square and resizes to size x size; returns (image, what was done).
-
-  Args:
-    img: uint8 (H, W) or (H, W, C).
-    size: the side the network takes.
-    resample: 'bicubic' (photos) or 'nearest' (masks).
-
-  Returns:
-    (uint8 image (size, size[, C]), '' if unchanged else a description).
-  """
+def resize(img: np.ndarray, height: int, width: int, resample: str = 'bicubic') -> np.ndarray:
+  """uint8 (H, W[, C]) -> (height, width[, C]) with PIL ('bicubic' or 'nearest')."""
   from PIL import Image
-  h, w = img.shape[:2]
-  if (h, w) == (size, size):
-    return img, ''
-  done = []
-  if h != w:
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    img = img[top:top + s, left:left + s]
-    done.append(f'centre-cropped to {s}x{s}')
-  if img.shape[0] != size:
-    mode = Image.BICUBIC if resample == 'bicubic' else Image.NEAREST
-    img = np.asarray(Image.fromarray(img).resize((size, size), mode))
-    done.append(f'resized to {size}x{size}')
-  return img, f'{w}x{h} ' + ', '.join(done)
-
-
-def read_rgb(path: str) -> np.ndarray:
-  """uint8 (H, W, 3); grey images get three equal channels."""
-  from PIL import Image
-  with Image.open(path) as im:
-    return np.asarray(im.convert('RGB'))
+  if img.shape[:2] == (height, width):
+    return img
+  mode = Image.BICUBIC if resample == 'bicubic' else Image.NEAREST
+  grey = img.ndim == 3 and img.shape[-1] == 1
+  out = np.asarray(Image.fromarray(img[..., 0] if grey else img).resize((width, height), mode))
+  return out[..., None] if grey else out
 
 
 def read_mask(spec: str, size: int, rng: np.random.Generator, config) -> np.ndarray:
-  """(size, size, 1) float32 hole mask from a PNG (white = hole) or a protocol name."""
+  """(H, W, 1) float32 hole mask: a protocol drawn at size x size, or a PNG (white = hole)
+  at its own size. `resize_mask` fits either to an image."""
+  from cgml_jax.data import images
   from cgml_jax.tasks import complete
   if spec in complete.PROTOCOLS:
     return np.asarray(complete.mask_fn(config, spec)(rng, size, size), np.float32)
   if not os.path.isfile(spec):
     raise SampleError(f'--mask {spec!r} is neither a PNG file nor one of {complete.PROTOCOLS}')
-  from PIL import Image
-  with Image.open(spec) as im:
-    m = np.asarray(im.convert('L'))
-  m, _ = fit_to(m, size, resample='nearest')
+  try:
+    rgb = images.read_rgb(spec)
+  except images.ImageReadError as e:
+    raise SampleError(f'--mask {e}') from None
+  return (_grey(rgb) > 127).astype(np.float32)
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+  """A 0/1 mask (h, w, 1) at (height, width, 1), nearest-neighbour (it stays 0/1)."""
+  m = resize((mask[..., 0] * 255).astype(np.uint8), height, width, 'nearest')
   return (m > 127).astype(np.float32)[..., None]
 
 
+def _grey(rgb: np.ndarray) -> np.ndarray:
+  """uint8 RGB -> uint8 grey (H, W, 1), Pillow's ITU-R 601-2 luma."""
+  from PIL import Image
+  return np.asarray(Image.fromarray(rgb).convert('L'))[..., None]
+
+
 def make_input(task: str, rgb: np.ndarray, config, mask: np.ndarray | None) -> np.ndarray:
-  """The network input x (S, S, C) for a uint8 RGB image of the right size."""
+  """The network input x (H, W, C) of a uint8 RGB image (any size; the network takes S)."""
   from cgml_jax.data import transforms
   if task == 'colorize':
     return transforms.colorization()({'image': rgb}, None)['x']
+  if task == 'colour_modes':
+    return _grey(rgb).astype(np.float32) / 127.5 - 1.0  # the glyph, grey, in [-1, 1]
+  if task == 'complete' and int(config.data.channels) == 1:
+    rgb = _grey(rgb)
   img = transforms.to_float()({'image': rgb}, None)['image']
   if task == 'complete':
-    channels = int(config.data.channels)
-    if channels == 1:
-      img = img.mean(axis=-1, keepdims=True)
     return transforms.completion(lambda rng, h, w: mask)({'image': img}, None)['x']
   return img  # translate: the input image in [-1, 1]
 
 
+@dataclasses.dataclass
+class _Input:
+  path: str
+  x_net: np.ndarray   # (S, S, C): what the network sees
+  x_full: np.ndarray  # (H, W, C): the same input at the file's resolution
+
+
+def _prepare(path: str, model, mask_spec: str, rng, log) -> _Input:
+  """Reads one file and makes its inputs; SampleError (one line) if it cannot be used."""
+  from cgml_jax.data import images
+  config, task = model.config, model.task
+  size = int(config.data.image_size)
+  try:
+    rgb = images.read_rgb(path)
+  except images.ImageReadError as e:
+    raise SampleError(str(e)) from None
+  h, w = rgb.shape[:2]
+  if min(h, w) < size:
+    raise SampleError(f'{path}: {w}x{h} is smaller than the model\'s {size}x{size} input; '
+                      f'inputs are never upscaled, give at least {size} px a side')
+  if (h, w) != (size, size):
+    log(f'[sample] {os.path.basename(path)}: {w}x{h} resized to {size}x{size} for the model, '
+        f'outputs resized back to {w}x{h}')
+  mask_net = mask_full = None
+  if task == 'complete':
+    mask = read_mask(mask_spec, size, rng, config)
+    mask_net, mask_full = resize_mask(mask, size, size), resize_mask(mask, h, w)
+  return _Input(path, make_input(task, resize(rgb, size, size), config, mask_net),
+                make_input(task, rgb, config, mask_full))
+
+
+def _row(cells: list[np.ndarray], pad: int = 2) -> np.ndarray:
+  """uint8 (H, W, 3) cells of one size side by side on white, `pad` px apart."""
+  h, w = cells[0].shape[:2]
+  out = np.full((h + 2 * pad, len(cells) * (w + pad) + pad, 3), 255, np.uint8)
+  for j, c in enumerate(cells):
+    out[pad:pad + h, pad + j * (w + pad):pad + j * (w + pad) + w] = c
+  return out
+
+
+def _write_full_resolution(inp: _Input, y: np.ndarray, task, out_dir: str) -> list[str]:
+  """NAME_sample{k}.png and NAME_grid.png at the input's size, from outputs y (K, S, S, C).
+
+  Each output is upsampled (bicubic) to the input's size and shown with the
+  full-resolution input by the task's `to_image` (colorization: the input's own L).
+  """
+  import jax
+  import jax.numpy as jnp
+  from PIL import Image
+
+  from cgml_jax.tasks import viz
+  stem = os.path.splitext(os.path.basename(inp.path))[0]
+  h, w = inp.x_full.shape[:2]
+  x = jnp.asarray(inp.x_full)[None]
+  cells = [viz.to_uint8(np.asarray(task.input_image(x))[0])]
+  written = []
+  for k, y_k in enumerate(y):
+    y_up = jax.image.resize(jnp.asarray(y_k), (h, w, y_k.shape[-1]), 'cubic')
+    cells.append(viz.to_uint8(np.asarray(task.to_image(x, y_up[None]))[0]))
+    written.append(os.path.join(out_dir, f'{stem}_sample{k}.png'))
+    Image.fromarray(cells[-1]).save(written[-1])
+  written.append(os.path.join(out_dir, f'{stem}_grid.png'))
+  Image.fromarray(_row(cells)).save(written[-1])
+  return written
+
+
 def run(model_dir: str, input_path: str, out_dir: str, num_samples: int, mask: str = 'center',
-        seed: int = 0, batch_size: int = 16, scale: int = 0, log=print) -> list[str]:
-  """The command: samples every input, writes the PNGs; returns the paths written."""
+        seed: int = 0, batch_size: int = 16, scale: int = 0, log=print, warn=None) -> Result:
+  """The command: samples every readable input, writes the PNGs.
+
+  Unreadable inputs (empty, not an image, truncated, too small) are reported in one line
+  each through `warn` (default `log`) and skipped; the others are written batch by batch,
+  so what was written stays written.
+
+  Returns:
+    The files written and the inputs skipped.
+  """
   import jax
 
   from cgml_jax import export
   from cgml_jax.tasks import viz
   if num_samples < 1:
     raise SampleError(f'--num_samples must be >= 1, got {num_samples}')
+  if batch_size < 1:
+    raise SampleError(f'--batch_size must be >= 1, got {batch_size}')
   model = export.load_pretrained(model_dir)
   if model.task not in TASKS:
     raise SampleError(f'the model is a {model.task!r} model; this command runs {TASKS}')
-  task, config = model.image_task, model.config
-  size = int(config.data.image_size)
+  task, size = model.image_task, int(model.config.data.image_size)
   files = list_inputs(input_path)
+  if model.task == 'complete':
+    read_mask(mask, size, np.random.default_rng(seed), model.config)  # a bad --mask: exit 2
   rng = np.random.default_rng(seed)
-  xs = []
-  for f in files:
-    rgb, note = fit_to(read_rgb(f), size)
-    if note:
-      log(f'[sample] {os.path.basename(f)}: {note} (the model takes {size}x{size} inputs)')
-    m = read_mask(mask, size, rng, config) if model.task == 'complete' else None
-    xs.append(make_input(model.task, rgb, config, m))
-  x = np.stack(xs).astype(np.float32)
-  key = jax.random.key(seed)
-  outs = [model.sample(x[i:i + batch_size], jax.random.fold_in(key, i), num_samples)
-          for i in range(0, len(x), batch_size)]
-  y = np.concatenate(outs)                                   # (N, K, S, S, C_out)
-  n, k = y.shape[:2]
-  to_image, input_image = jax.jit(task.to_image), jax.jit(task.input_image)
-  imgs = np.asarray(to_image(np.repeat(x, k, axis=0), y.reshape((n * k,) + y.shape[2:])))
-  imgs = imgs.reshape((n, k) + imgs.shape[1:])
-  shown = np.asarray(input_image(x))
-  scale = scale or max(1, 96 // size)
   os.makedirs(out_dir, exist_ok=True)
-  written = []
-  for f, inp, samples in zip(files, shown, imgs):
-    stem = os.path.splitext(os.path.basename(f))[0]
-    for j, s in enumerate(samples):
-      written.append(os.path.join(out_dir, f'{stem}_sample{j}.png'))
-      viz.save_png(written[-1], viz.grid([[s]], pad=0), scale=scale)
-    written.append(os.path.join(out_dir, f'{stem}_grid.png'))
-    viz.save_png(written[-1], viz.grid([[inp] + list(samples)]), scale=scale)
-  written.append(os.path.join(out_dir, 'grid.png'))
-  viz.save_png(written[-1], viz.grid([[inp] + list(s) for inp, s in zip(shown, imgs)]),
-               scale=scale)
-  log(f'[sample] {n} inputs x {k} samples ({model.method}, {model.task}) -> {out_dir}')
-  return written
+  result = Result([], [], len(files))
+  warn = warn or log
+  rows = []  # (shown input, K outputs) at the model's side, for grid.png
+  to_image, input_image = jax.jit(task.to_image), jax.jit(task.input_image)
+  key = jax.random.key(seed)
+  for start in range(0, len(files), batch_size):
+    batch = []
+    for f in files[start:start + batch_size]:
+      try:
+        batch.append(_prepare(f, model, mask, rng, log))
+      except SampleError as e:
+        warn(f'[sample] skipped {e}')
+        result.failed.append((f, str(e)))
+    if not batch:
+      continue
+    x = np.stack([b.x_net for b in batch]).astype(np.float32)
+    # Every call gets the same batch shape (zero rows fill a short batch, their outputs are
+    # dropped), so the sampler compiles once however many inputs a batch loses.
+    full = min(batch_size, len(files))
+    padded = np.concatenate([x, np.zeros((full - len(x),) + x.shape[1:], x.dtype)])
+    y = model.sample(padded, jax.random.fold_in(key, start), num_samples)[:len(x)]
+    b, k = y.shape[:2]                                     # y: (B, K, S, S, C)
+    small = np.asarray(to_image(np.repeat(x, k, axis=0), y.reshape((b * k,) + y.shape[2:])))
+    shown = np.asarray(input_image(x))
+    for i, inp in enumerate(batch):
+      result.written += _write_full_resolution(inp, y[i], task, out_dir)
+      rows.append([shown[i]] + list(small[i * k:(i + 1) * k]))
+  if rows:
+    result.written.append(os.path.join(out_dir, 'grid.png'))
+    viz.save_png(result.written[-1], viz.grid(rows), scale=scale or max(1, 96 // size))
+  log(f'[sample] {len(rows)} of {len(files)} inputs x {num_samples} samples ({model.method}, '
+      f'{model.task}) -> {out_dir}' + (f'; {len(result.failed)} skipped' if result.failed
+                                        else ''))
+  return result
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from cgml_jax.export import ExportError
   try:
-    run(FLAGS.model, FLAGS.input, FLAGS.out, FLAGS.num_samples, FLAGS.mask, FLAGS.seed,
-        FLAGS.batch_size, FLAGS.scale)
-  except (SampleError, FileNotFoundError, ValueError) as e:
+    result = run(FLAGS.model, FLAGS.input, FLAGS.out, FLAGS.num_samples, FLAGS.mask,
+                 FLAGS.seed, FLAGS.batch_size, FLAGS.scale,
+                 warn=lambda line: print(line, file=sys.stderr))
+  except (SampleError, ExportError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-
+    sys.exit(EXIT_BAD_COMMAND)
+  if result.failed:
+    print(f'error: {len(result.failed)} of {result.num_inputs} inputs skipped (each named '
+          'above); the others are written', file=sys.stderr)
+    sys.exit(EXIT_SOME_FAILED)
 
 if __name__ == '__main__':
   app.run(main)

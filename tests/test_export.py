@@ -70,17 +70,133 @@ def test_sample_command_on_a_folder(run, tmp_path):
   Image.fromarray(rng.integers(0, 255, (16, 16, 3), np.uint8)).save(photos / 'colour.png')
   Image.fromarray(rng.integers(0, 255, (24, 20), np.uint8)).save(photos / 'grey.png')
   lines = []
-  written = sample_cmd.run(str(model_dir), str(photos), str(tmp_path / 'out'), 3,
-                           log=lines.append)
+  result = sample_cmd.run(str(model_dir), str(photos), str(tmp_path / 'out'), 3,
+                          log=lines.append)
   names = sorted(os.listdir(tmp_path / 'out'))
   assert names == sorted(['grid.png', 'colour_grid.png', 'grey_grid.png']
                          + [f'{s}_sample{k}.png' for s in ('colour', 'grey') for k in range(3)])
-  assert len(written) == len(names)
+  assert len(result.written) == len(names) and not result.failed
   resized = [l for l in lines if 'grey.png' in l]
   assert len(resized) == 1 and '20x24' in resized[0] and '16x16' in resized[0]
   assert not any('colour.png' in l for l in lines)  # already the model's size
   out = np.asarray(Image.open(tmp_path / 'out' / 'colour_sample0.png'))
-  assert out.ndim == 3 and out.shape[-1] == 3
+  assert out.shape == (16, 16, 3)
+  assert np.asarray(Image.open(tmp_path / 'out' / 'grey_sample2.png')).shape == (24, 20, 3)
+
+
+def _bad_and_good_folder(folder, size: int, good: int = 5):
+  """`good` photos of at least `size` px a side and 7 files that are no usable image."""
+  folder.mkdir()
+  rng = np.random.default_rng(1)
+  for i in range(good):
+    h, w = size + 3 * i, size + 5 * i
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(folder / f'good{i}.png')
+  whole = (folder / 'good0.png').read_bytes()
+  (folder / 'empty.png').write_bytes(b'')
+  (folder / 'empty.jpg').write_bytes(b'')
+  (folder / 'notes.jpg').write_text('not a photo\n')
+  (folder / 'notes.png').write_text('<html>an error page saved as .png</html>\n')
+  (folder / 'truncated.png').write_bytes(whole[:len(whole) // 2])
+  (folder / 'header_only.png').write_bytes(whole[:40])
+  Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(folder / 'one_pixel.png')
+  return ['empty.jpg', 'empty.png', 'header_only.png', 'notes.jpg', 'notes.png', 'one_pixel.png',
+          'truncated.png']
+
+
+def test_sample_command_skips_bad_files_and_writes_the_rest(run, tmp_path):
+  config, _, trained, _ = run
+  model_dir = export.export(trained['l1'], config, tmp_path / 'model')
+  bad = _bad_and_good_folder(tmp_path / 'photos', config.data.image_size)
+  warnings = []
+  result = sample_cmd.run(str(model_dir), str(tmp_path / 'photos'), str(tmp_path / 'out'), 2,
+                          batch_size=4, log=lambda line: None, warn=warnings.append)
+  assert sorted(os.path.basename(f) for f, _ in result.failed) == bad
+  assert len(warnings) == len(bad) and all('\n' not in w for w in warnings)
+  for name in bad:  # one line each, naming the file
+    assert sum(name in w for w in warnings) == 1, name
+  assert any('smaller than' in w and '16 px' in w for w in warnings if 'one_pixel' in w)
+  names = set(os.listdir(tmp_path / 'out'))
+  assert names == {'grid.png'} | {f'good{i}_{s}.png' for i in range(5)
+                                  for s in ('sample0', 'sample1', 'grid')}
+
+
+def test_sample_cli_exit_status(run, tmp_path):
+  """Some inputs bad: each named on stderr in one line, the rest written, status 1 (no
+  traceback); a bad command: one line, status 2."""
+  import subprocess
+  import sys
+  config, _, trained, _ = run
+  model_dir = export.export(trained['l1'], config, tmp_path / 'model')
+  bad = _bad_and_good_folder(tmp_path / 'photos', config.data.image_size, good=2)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def cli(*args):
+    return subprocess.run([sys.executable, '-m', 'experiments.sample', f'--model={model_dir}',
+                           *args], cwd=root, capture_output=True, text=True, timeout=300)
+  p = cli(f'--input={tmp_path / "photos"}', f'--out={tmp_path / "out"}', '--num_samples=2')
+  assert p.returncode == sample_cmd.EXIT_SOME_FAILED, p.stderr
+  assert 'Traceback' not in p.stderr
+  skipped = [l for l in p.stderr.splitlines() if l.startswith('[sample] skipped')]
+  assert len(skipped) == len(bad)
+  assert f'{len(bad)} of {len(bad) + 2} inputs skipped' in p.stderr
+  assert 'good1_sample1.png' in os.listdir(tmp_path / 'out')
+  p = cli(f'--input={tmp_path / "nowhere"}', f'--out={tmp_path / "out2"}')
+  assert p.returncode == sample_cmd.EXIT_BAD_COMMAND and 'Traceback' not in p.stderr
+  assert p.stderr.strip().splitlines()[-1].startswith('error: --input')
+
+
+def test_colorization_keeps_the_full_resolution_lightness(run, tmp_path):
+  """Outputs at the input's size; their L is the input's own L (ab upsampled to it)."""
+  from skimage.color import rgb2lab
+  config, _, trained, _ = run
+  model_dir = export.export(trained['cgml'], config, tmp_path / 'model')
+  h, w = 3 * config.data.image_size, 2 * config.data.image_size + 5
+  yy, xx = np.mgrid[:h, :w]
+  photo = np.stack([(xx * 255 // w), (yy * 255 // h), ((xx + yy) % 17) * 15], -1)
+  Image.fromarray(photo.astype(np.uint8)).save(tmp_path / 'photo.png')
+  sample_cmd.run(str(model_dir), str(tmp_path / 'photo.png'), str(tmp_path / 'out'), 2,
+                 log=lambda line: None)
+  out = np.asarray(Image.open(tmp_path / 'out' / 'photo_sample1.png'))
+  assert out.shape == (h, w, 3)
+  l_in = rgb2lab(photo.astype(np.float64) / 255)[..., 0]
+  l_out = rgb2lab(out / 255.0)[..., 0]
+  # Equal up to 8-bit rounding and the sRGB gamut clip of strongly coloured pixels; the
+  # high-frequency stripes of the blue channel would be lost at the model's 16 px.
+  assert np.median(np.abs(l_out - l_in)) < 1.0
+  grid = np.asarray(Image.open(tmp_path / 'out' / 'photo_grid.png'))
+  assert grid.shape[0] == h + 4 and grid.shape[1] == 3 * (w + 2) + 2
+
+
+def test_readme_colorize_run_exports_and_samples(tmp_path):
+  """The README's path: train `experiments/colorize.py:smoke` through the entry point,
+  export the workdir, load it, and sample a folder (colour modes or photo colorization,
+  whichever the config's default task is)."""
+  import cgml_jax
+  config = colorize_config.get_config('smoke')
+  wd = str(tmp_path / 'colorize')
+  cgml_jax.train_and_evaluate(config, wd)
+  path = export.export(wd, None, tmp_path / 'colorizer')
+  model = export.load_pretrained(path)
+  assert model.task == config.task and model.method == 'cgml'
+  s = config.data.image_size
+  x = np.zeros((2, s, s, model.image_task.in_channels), np.float32)
+  y = model.sample(x, jax.random.key(0), 3)
+  assert y.shape == (2, 3, s, s, model.image_task.out_channels)
+  bad = _bad_and_good_folder(tmp_path / 'photos', s, good=3)
+  result = sample_cmd.run(path, str(tmp_path / 'photos'), str(tmp_path / 'out'), 3,
+                          log=lambda line: None, warn=lambda line: None)
+  assert len(result.failed) == len(bad)
+  out = np.asarray(Image.open(tmp_path / 'out' / 'good2_sample2.png'))
+  assert out.shape == (s + 6, s + 10, 3)
+  if model.task == 'colour_modes':
+    # A grey glyph in, an RGB output: channels may differ (a colour), unlike the input.
+    glyph = np.zeros((s, s), np.uint8)
+    glyph[s // 4:3 * s // 4, s // 4:3 * s // 4] = 255
+    Image.fromarray(glyph).save(tmp_path / 'glyph.png')
+    sample_cmd.run(path, str(tmp_path / 'glyph.png'), str(tmp_path / 'out_glyph'), 2,
+                   log=lambda line: None)
+    assert np.asarray(Image.open(tmp_path / 'out_glyph' / 'glyph_sample0.png')).shape == (
+        s, s, 3)
 
 
 @pytest.mark.slow  # long; run with -m slow

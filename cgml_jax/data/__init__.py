@@ -1,6 +1,6 @@
 """Data: sources (npz, image folders, TFDS, embedded crops), masks, transforms, grain pipelines."""
 
-from cgml_jax.data import masks, transforms
+from cgml_jax.data import images, masks, transforms
 from cgml_jax.data.pipeline import (
                                     checkpoint_args,
                                     iterator_state,

@@ -43,6 +43,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cgml_jax.data import images
+
 ENV_VAR = 'CGML_DATA_DIR'
 CONFIG_KEY = 'data_dir'
 
@@ -181,11 +183,12 @@ def _list_images(folder: pathlib.Path) -> list[pathlib.Path]:
 def _read_image(path: pathlib.Path, size: tuple[int, int] | None, grayscale: bool
                 ) -> np.ndarray:
   from PIL import Image  # pillow ships with matplotlib and scikit-image.
-  with Image.open(path) as im:
-    im = im.convert('L' if grayscale else 'RGB')
-    if size is not None and im.size != (size[1], size[0]):
-      im = im.resize((size[1], size[0]), Image.BICUBIC)
-    arr = np.asarray(im, np.uint8)
+  im = Image.fromarray(images.read_rgb(path))  # any mode (16-bit, alpha, CMYK) -> 8-bit sRGB
+  if grayscale:
+    im = im.convert('L')
+  if size is not None and im.size != (size[1], size[0]):
+    im = im.resize((size[1], size[0]), Image.BICUBIC)
+  arr = np.asarray(im, np.uint8)
   return arr[..., None] if grayscale else arr
 
 
