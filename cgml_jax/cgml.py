@@ -290,11 +290,12 @@ class Hyper:
       measured on the toy, docs/toy.md) or 'joint' (one mean over the (n + 1)-vector
       (z', rho) as the paper writes it); see `latent_loss`.
     flow_init: 'same' fits Z along the z path of the (H, G) step (Algorithm 1); 'nearest'
-      (with latent_init='balanced') along a second path from each example's best of the
-      batch's B points. The balanced z_0 of other modes that a target pulls over make
-      jumps between modes, and Z fitted to them moves inference latents across modes;
-      the best point of each target is already in that target's mode, so its path is a
-      move within the mode.
+      (with latent_init='balanced') along second paths: each of the batch's B points
+      descends towards the target it is nearest to (by E, with that target's input).
+      The balanced z_0 that a target pulls over from another mode make jumps between
+      modes, and Z fitted to them moves inference latents across modes; uniform points
+      that each move towards their nearest target teach Z the flow inference needs,
+      every z_0 to the mode it is already closest to.
   """
   z_dim: int
   step_size: float = 1.0
@@ -340,6 +341,9 @@ class Hyper:
     if self.flow_init == 'nearest' and self.latent_init != 'balanced':
       raise ValueError("flow_init='nearest' needs latent_init='balanced' (it reuses the "
                        f"balanced assignment's errors), got {self.latent_init!r}")
+    if self.flow_init == 'nearest' and self.latent_target != 'next':
+      raise ValueError("flow_init='nearest' fits Z to the next z (latent_target='next'), "
+                       f'got {self.latent_target!r}')
     if self.z_loss not in Z_LOSSES:
       raise ValueError(f'z_loss must be one of {Z_LOSSES}, got {self.z_loss!r}')
     if self.redraw_rho < 0 or self.redraw_rounds < 0:
@@ -548,9 +552,10 @@ def initial_latents(state: CGMLState, batch: dict,
   assigned one-to-one to its examples (`balanced_assignment`; B forward passes of G).
 
   Returns:
-    (z0, z0_flow): z0 (B, n) for the z and (H, G) steps; z0_flow (B, n) the start of the
-    z path that Z is fitted to when `hp.flow_init == 'nearest'` (each example's best of
-    the same B points), else None (Z is fitted along z0's path, as in Algorithm 1).
+    (z0, flow): z0 (B, n) for the z and (H, G) steps; with `hp.flow_init == 'nearest'`
+    flow = (z (B, n), index (B,)), the start of the z paths that Z is fitted to: the same
+    B points, point j descending towards example index[j], the example it fits best;
+    else None (Z is fitted along z0's path, as in Algorithm 1).
   """
   hp = state.hp
   if hp.latent_init == 'persistent':
@@ -561,13 +566,23 @@ def initial_latents(state: CGMLState, batch: dict,
     cost = jax.lax.stop_gradient(candidate_errors(_frozen_error_fn(state, batch), candidates))
     z0 = candidates[balanced_assignment(cost)]
     if hp.flow_init == 'nearest':
-      return z0, candidates[jnp.argmin(cost, axis=1)]
+      return z0, (candidates, jnp.argmin(cost, axis=0))
     return z0, None
   if hp.init_candidates == 1:
     return sample_sphere(key, (b, hp.z_dim)), None
   candidates = sample_sphere(key, (hp.init_candidates, b, hp.z_dim))
   return jax.lax.stop_gradient(
       best_of_candidates(_frozen_error_fn(state, batch), candidates)), None
+
+
+def _error_fn_at(state: CGMLState, params: PyTree, stats: PyTree, h: PyTree,
+                 batch: dict) -> Callable[[jax.Array], jax.Array]:
+  """z (B, n) -> E (B,) of G(h, z) against `batch` at the given parameters, frozen."""
+  def error_fn(z):
+    y_hat = apply_module(state.generator, params['generator'], stats['generator'], h, z,
+                         train=False)[0]
+    return state.loss_fn(y_hat, batch)
+  return error_fn
 
 
 def descent_end(state: CGMLState, batch: dict, z0: jax.Array) -> jax.Array:
@@ -757,12 +772,14 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
     # Algorithm 1, step 1 (z step): H, G, Z frozen, jax.grad over z alone, then Pi.
     z_next, errors = z_step(hg.errors_at, z, _step_size(hp, t))
     z_next = jax.lax.stop_gradient(z_next)
-    # Z's path: z's own (Algorithm 1), or with the opt-in flow_init='nearest' a second z
-    # path from each example's best candidate, moved by the same z step.
-    z_lat, z_lat_next = z, z_next
+    # Z's path: z's own (Algorithm 1), or with the opt-in flow_init='nearest' the batch's
+    # points, each moved by the same z step towards the example it fits best.
+    z_lat, z_lat_next, h_lat = z, z_next, hg.h
     if z_flow is not None:
       z_lat = z_flow
-      z_lat_next = jax.lax.stop_gradient(z_step(hg.errors_at, z_flow, _step_size(hp, t))[0])
+      h_lat = jax.tree.map(lambda a: a[flow_index], hg.h)
+      z_lat_next = jax.lax.stop_gradient(z_step(
+          _error_fn_at(state, params, stats, h_lat, flow_batch), z_flow, _step_size(hp, t))[0])
     # Algorithm 1, step 2 (momentum target): rho = alpha * ||z' - z||. Z's target is z',
     # or with the opt-in latent_target='end' where the inner descent ends.
     z_target = z_lat_next if z_end is None else z_end
@@ -771,7 +788,7 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
     # Algorithm 1, step 3 (Z step): H, G, z frozen, L1 fit of Z(z, h) to (z', rho).
     def z_loss(params_lat):
       (r_hat, rho_hat), lat_stats = apply_module(state.latent_net, params_lat,
-                                                 stats['latent'], z_lat, hg.h, train=True)
+                                                 stats['latent'], z_lat, h_lat, train=True)
       return (latent_loss(r_hat, rho_hat, z_target, rho, hp.use_momentum, hp.z_loss),
               (lat_stats, rho_hat))
 
@@ -797,9 +814,11 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
     z_flow = None if z_flow is None else z_lat_next
     return (params, stats, opt_state, z_next, z_flow), metrics
 
-  z0, z0_flow = initial_latents(state, batch, key)
-  z_end = (descent_end(state, batch, z0 if z0_flow is None else z0_flow)
-           if hp.latent_target == 'end' else None)
+  z0, flow = initial_latents(state, batch, key)
+  z0_flow, flow_index = flow if flow is not None else (None, None)
+  if flow is not None:
+    flow_batch = jax.tree.map(lambda a: a[flow_index], batch)
+  z_end = descent_end(state, batch, z0) if hp.latent_target == 'end' else None
   carry, m = _run_inner_steps(
       inner, (state.params, state.stats, state.opt_state, z0, z0_flow), hp)
   params, stats, opt_state, z_final, _ = carry

@@ -72,11 +72,11 @@ def test_balanced_assignment_is_the_least_total_cost_permutation():
   assert len(set(cost.argmin(1))) < 12
 
 
-def test_balanced_z0_uses_each_candidate_once_and_flow_starts_at_the_best():
+def test_balanced_z0_uses_each_candidate_once_and_each_point_flows_to_its_nearest():
   b, key = batch(16), jax.random.key(4)
   b = {k: v[:16] for k, v in b.items()}
   state = make_state(latent_init='balanced', flow_init='nearest')
-  z0, z_flow = cgml.initial_latents(state, b, key)
+  z0, (z_flow, flow_index) = cgml.initial_latents(state, b, key)
   cands = np.asarray(cgml.sample_sphere(key, (16, 3)))
   h = cgml.encode(state, b['x'])
   cost = np.stack([np.asarray(cgml.l1_error(cgml.generate(state, h, np.tile(c, (16, 1))), b))
@@ -87,13 +87,16 @@ def test_balanced_z0_uses_each_candidate_once_and_flow_starts_at_the_best():
   rows, cols = linear_sum_assignment(cost)
   np.testing.assert_allclose(cost[np.arange(16), idx].sum(), cost[rows, cols].sum(),
                              rtol=1e-5)
-  np.testing.assert_allclose(z_flow, cands[cost.argmin(1)], atol=1e-6)
+  np.testing.assert_allclose(z_flow, cands, atol=1e-6)        # the uniform points ...
+  np.testing.assert_array_equal(flow_index, cost.argmin(0))   # ... to their best example
   new, m = STEP(state, b, key)                                # the step runs and learns
   assert float(m['update_norm_hg']) > 0 and float(m['update_norm_latent']) > 0
   with pytest.raises(ValueError, match='flow_init'):
     cgml.Hyper(z_dim=3, flow_init='nearest')                  # needs latent_init balanced
   with pytest.raises(ValueError, match='init_candidates'):
     cgml.Hyper(z_dim=3, latent_init='balanced', init_candidates=4)
+  with pytest.raises(ValueError, match='latent_target'):
+    cgml.Hyper(z_dim=3, latent_init='balanced', flow_init='nearest', latent_target='end')
 
 
 @pytest.mark.slow  # long; run with -m slow
