@@ -30,6 +30,7 @@ import sys
 
 import numpy as np
 
+from cgml_jax.metrics.modes import ideal_coverage
 from cgml_jax.tasks.names import display
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -419,7 +420,51 @@ def modes_table(results: dict) -> str:
   return '\n'.join(lines).rstrip('\n')
 
 
-TABLES = {'toy': toy_table, 'image': image_table, 'readme': readme_table,
+SUITE_TARGET = (0.9, 0.05, 0.10)  # coverage / ideal >=, phantom <=, frequency error <=
+SUITE_PRESETS = ('default', 'paper', 'balanced', 'cimle')  # columns first in this order
+
+
+def _suite_cell(runs: list[dict]) -> str:
+  """'coverage / ideal · phantom · frequency error (k of n)', means over the seeds."""
+  ratios = [r['coverage'] / ideal_coverage(r['prior'], r['num_samples']) for r in runs]
+  met = sum(q >= SUITE_TARGET[0] and r['phantom_rate'] <= SUITE_TARGET[1]
+            and r['mode_frequency_error'] <= SUITE_TARGET[2] for q, r in zip(ratios, runs))
+  return (f"{np.mean(ratios):.2f} · {np.mean([r['phantom_rate'] for r in runs]):.3f} · "
+          f"{np.mean([r['mode_frequency_error'] for r in runs]):.3f} ({met} of {len(runs)})")
+
+
+def suite_table(results: dict) -> str:
+  """The known-mode suite (results/modes_suite/<preset>/<variant>): one row per variant
+  (data, palette, M, prior, tau, the prior's ideal coverage at K), one column per preset;
+  a cell is the mean over seeds of coverage / ideal, phantom rate and frequency error,
+  and how many seeds meet all three targets (`SUITE_TARGET`)."""
+  cells: dict[str, dict[str, list[dict]]] = {}
+  about: dict[str, tuple] = {}
+  for run_set, seeds in results.items():
+    _, preset, variant = run_set.split('/')[-3:]
+    runs = [next(iter(seeds[s]['task_metrics'].values())) for s in sorted(seeds)]
+    cells.setdefault(variant, {})[preset] = runs
+    d = _config(seeds[min(seeds)]).get('data', {})
+    r = runs[0]
+    about[variant] = (d.get('name'), len(r['prior']), ', '.join(f'{p:.2f}' for p in r['prior']),
+                      r['tau'], ideal_coverage(r['prior'], r['num_samples']), r['num_samples'])
+  presets = [p for p in SUITE_PRESETS if any(p in c for c in cells.values())]
+  presets += sorted({p for c in cells.values() for p in c} - set(presets))
+  lines = ['Cells: coverage / ideal · phantom rate · frequency error, means over seeds, and '
+           f'the seeds meeting coverage / ideal ≥ {SUITE_TARGET[0]}, phantom ≤ '
+           f'{SUITE_TARGET[1]} and frequency error ≤ {SUITE_TARGET[2]}.', '',
+           '| variant | data | M | prior | τ | ideal coverage (K) | '
+           + ' | '.join(presets) + ' |', '|---|' + '---|' * (5 + len(presets))]
+  for variant in sorted(cells):
+    name, m, prior, tau, ideal, k = about[variant]
+    row = ' | '.join(_suite_cell(cells[variant][p]) if p in cells[variant] else '–'
+                     for p in presets)
+    lines.append(f'| {variant} | {name} | {m} | {prior} | {tau:.3f} | {ideal:.3f} ({k}) | '
+                 f'{row} |')
+  return '\n'.join(lines)
+
+
+TABLES = {'toy': toy_table, 'suite': suite_table, 'image': image_table, 'readme': readme_table,
           'colorize': colorize_table, 'estimate': estimate_table, 'modes': modes_table,
           'z_loss': z_loss_table, 'norm': norm_table}
 # Tables that read results/estimates/*.json instead of the run sets.

@@ -1,0 +1,118 @@
+"""The known-mode suite: every colour-mode variant, every preset, over seeds, one command.
+
+  python -m experiments.suite --seeds=0-4                        # everything
+  python -m experiments.suite --seeds=0-2 --variants=rgb3,grey5 --presets=default,cimle
+
+A variant is an entry of `experiments.colour_modes.SUITE` (shapes or MNIST glyphs, a
+palette, M modes and their prior); a preset is a method with its options (`PRESETS`):
+cGML as shipped, cGML as the paper writes it, cGML with the balanced z_0 and its
+nearest-target flow (not in the paper), and the cIMLE peer, all with the same backbone,
+budget and K. Run (preset, variant, seed) trains in
+`<workroot>/<preset>/<variant>/seed<k>` (resumable; a run whose metrics.json exists is
+not run again) and its metrics.json is copied to
+`results/modes_suite/<preset>/<variant>/seed<k>.json`, unless it ran from a tree with
+uncommitted changes (--allow_dirty copies it anyway). The tables of
+docs/multimodality.md come from these files (`python -m experiments.report`).
+"""
+
+import json
+import os
+import shutil
+import sys
+
+from absl import app, flags, logging
+
+from cgml_jax import configs, train
+from cgml_jax.training import loop
+from experiments import colour_modes
+from experiments.seeds import parse_seeds
+
+
+def _default(c):
+  return c
+
+
+def _paper(c):
+  c.latent.init_candidates = 1
+  return c
+
+
+def _balanced(c):
+  c.latent.init = 'balanced'
+  c.latent.init_candidates = 1
+  c.latent.flow_init = 'nearest'
+  return c
+
+
+def _cimle(c):
+  c = configs.add_cimle_fields(c)
+  c.methods = ('cimle',)
+  return c
+
+
+# name -> (config edit, method trained). The config is colour_modes.get_config(variant).
+PRESETS = {'default': (_default, 'cgml'), 'paper': (_paper, 'cgml'),
+           'balanced': (_balanced, 'cgml'), 'cimle': (_cimle, 'cimle')}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('seeds', '0-4', 'Seeds: a range "0-4" and/or a list "0,2,5".')
+flags.DEFINE_string('variants', 'all', 'Comma-separated names of colour_modes.SUITE, or all.')
+flags.DEFINE_string('presets', ','.join(PRESETS), 'Comma-separated names of PRESETS.')
+flags.DEFINE_string('workroot', 'runs/suite', 'Where the run directories go.')
+flags.DEFINE_string('results', None, 'Results directory (default: <repository>/results).')
+flags.DEFINE_bool('allow_dirty', False, 'Copy results of runs from a modified tree too.')
+
+
+def config_of(preset: str, variant: str, seed: int):
+  """The run config of one (preset, variant, seed)."""
+  edit, method = PRESETS[preset]
+  c = colour_modes.get_config(f'variant={variant}')
+  c.methods = (method,)
+  c = edit(c)
+  c.seed = seed
+  return c
+
+
+def _names(spec: str, known, what: str) -> list[str]:
+  names = list(known) if spec == 'all' else [s.strip() for s in spec.split(',') if s.strip()]
+  bad = [n for n in names if n not in known]
+  if bad or not names:
+    raise app.UsageError(f'unknown {what} {bad}; expected some of {sorted(known)} or all')
+  return names
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.join(FLAGS.results or os.path.join(repo, 'results'), 'modes_suite')
+  variants = _names(FLAGS.variants, colour_modes.SUITE, 'variants')
+  presets = _names(FLAGS.presets, PRESETS, 'presets')
+  for seed in parse_seeds(FLAGS.seeds):
+    for variant in variants:
+      for preset in presets:
+        name = os.path.join(preset, variant)
+        workdir = os.path.join(FLAGS.workroot, name, f'seed{seed}')
+        path = os.path.join(workdir, 'metrics.json')
+        if not os.path.exists(path):
+          try:
+            train.train_and_evaluate(config_of(preset, variant, seed), workdir)
+          except loop.Preempted as e:
+            print(e, flush=True)
+            sys.exit(143)
+        with open(path) as f:
+          prov = json.load(f).get('provenance', {})
+        if prov.get('dirty', True) and not FLAGS.allow_dirty:
+          print(f'[suite] {name} seed {seed}: run from a modified tree; not copied to results '
+                '(--allow_dirty copies it)', flush=True)
+          continue
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        shutil.copyfile(path, os.path.join(root, name, f'seed{seed}.json'))
+        print(f'[suite] {name} seed {seed} -> results/modes_suite/{name}/seed{seed}.json',
+              flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
