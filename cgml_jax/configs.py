@@ -49,6 +49,30 @@ def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
   return out
 
 
+def parse_seeds(spec: str) -> list[int]:
+  """'0-4' -> [0, 1, 2, 3, 4]; '0,2,5' -> [0, 2, 5]; '0-2,7' -> [0, 1, 2, 7].
+
+  Args:
+    spec: comma-separated seeds or inclusive ranges a-b.
+
+  Returns:
+    The seeds in order, without repeats.
+  """
+  seeds = []
+  for part in spec.split(','):
+    part = part.strip()
+    if '-' in part:
+      a, b = (int(v) for v in part.split('-'))
+      if b < a:
+        raise ValueError(f'empty seed range {part!r}')
+      seeds.extend(range(a, b + 1))
+    elif part:
+      seeds.append(int(part))
+  if not seeds:
+    raise ValueError(f'no seeds in {spec!r}')
+  return list(dict.fromkeys(seeds))
+
+
 def base(task: str, methods: tuple[str, ...] = ('l1', 'cgml')) -> ml_collections.ConfigDict:
   """The blocks every experiment has, with the paper's method as the default."""
   c = ml_collections.ConfigDict()

@@ -421,7 +421,8 @@ def modes_table(results: dict) -> str:
 
 
 SUITE_TARGET = (0.9, 0.05, 0.10)  # coverage / ideal >=, phantom <=, frequency error <=
-SUITE_PRESETS = ('default', 'paper', 'balanced', 'cimle')  # columns first in this order
+SUITE_PRESETS = ('default', 'default_T0', 'paper', 'paper_T0', 'balanced', 'balanced_T0',
+                 'cimle')  # columns first in this order
 
 
 def _suite_cell(runs: list[dict]) -> str:

@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgml_jax import train
+from cgml_jax.configs import parse_seeds
 from cgml_jax.training import loop
 
 FLAGS = flags.FLAGS
@@ -31,30 +32,6 @@ flags.DEFINE_string('workroot', 'runs/seeds', 'Where the run directories go.')
 flags.DEFINE_string('results', None, 'Results directory (default: <repository>/results).')
 flags.DEFINE_bool('allow_dirty', False, 'Copy results of runs from a modified tree too.')
 flags.mark_flags_as_required(['config', 'name'])
-
-
-def parse_seeds(spec: str) -> list[int]:
-  """'0-4' -> [0, 1, 2, 3, 4]; '0,2,5' -> [0, 2, 5]; '0-2,7' -> [0, 1, 2, 7].
-
-  Args:
-    spec: comma-separated seeds or inclusive ranges a-b.
-
-  Returns:
-    The seeds in order, without repeats.
-  """
-  seeds = []
-  for part in spec.split(','):
-    part = part.strip()
-    if '-' in part:
-      a, b = (int(v) for v in part.split('-'))
-      if b < a:
-        raise ValueError(f'empty seed range {part!r}')
-      seeds.extend(range(a, b + 1))
-    elif part:
-      seeds.append(int(part))
-  if not seeds:
-    raise ValueError(f'no seeds in {spec!r}')
-  return list(dict.fromkeys(seeds))
 
 
 def main(argv):

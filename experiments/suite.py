@@ -13,6 +13,11 @@ not run again) and its metrics.json is copied to
 `results/modes_suite/<preset>/<variant>/seed<k>.json`, unless it ran from a tree with
 uncommitted changes (--allow_dirty copies it anyway). The tables of
 docs/multimodality.md come from these files (`python -m experiments.report`).
+
+With --read_out_T0, every finished cGML run is evaluated once more at T = 0, as
+G(h, z_0) without Eq. 4, from a copy of its checkpoints (`<preset>_T0` in the tables): the
+share of the sphere that G itself gives each mode, against which the Eq. 4 row shows what
+the flow of Z does to the shares.
 """
 
 import json
@@ -23,9 +28,9 @@ import sys
 from absl import app, flags, logging
 
 from cgml_jax import configs, train
+from cgml_jax.configs import parse_seeds
 from cgml_jax.training import loop
 from experiments import colour_modes
-from experiments.seeds import parse_seeds
 
 
 def _default(c):
@@ -61,12 +66,14 @@ flags.DEFINE_string('presets', ','.join(PRESETS), 'Comma-separated names of PRES
 flags.DEFINE_string('workroot', 'runs/suite', 'Where the run directories go.')
 flags.DEFINE_string('results', None, 'Results directory (default: <repository>/results).')
 flags.DEFINE_bool('allow_dirty', False, 'Copy results of runs from a modified tree too.')
+flags.DEFINE_bool('smoke', False, 'Tiny runs (the configs\' smoke variants), for tests.')
+flags.DEFINE_bool('read_out_T0', False, 'Also evaluate each cGML run at T = 0 (G at z_0).')
 
 
-def config_of(preset: str, variant: str, seed: int):
-  """The run config of one (preset, variant, seed)."""
+def config_of(preset: str, variant: str, seed: int, smoke: bool = False):
+  """The run config of one (preset, variant, seed); `smoke` shrinks it for tests."""
   edit, method = PRESETS[preset]
-  c = colour_modes.get_config(f'variant={variant}')
+  c = colour_modes.get_config(f'variant={variant}' + (',smoke' if smoke else ''))
   c.methods = (method,)
   c = edit(c)
   c.seed = seed
@@ -98,20 +105,36 @@ def main(argv):
         path = os.path.join(workdir, 'metrics.json')
         if not os.path.exists(path):
           try:
-            train.train_and_evaluate(config_of(preset, variant, seed), workdir)
+            train.train_and_evaluate(config_of(preset, variant, seed, FLAGS.smoke), workdir)
           except loop.Preempted as e:
             print(e, flush=True)
             sys.exit(143)
-        with open(path) as f:
-          prov = json.load(f).get('provenance', {})
-        if prov.get('dirty', True) and not FLAGS.allow_dirty:
-          print(f'[suite] {name} seed {seed}: run from a modified tree; not copied to results '
-                '(--allow_dirty copies it)', flush=True)
-          continue
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-        shutil.copyfile(path, os.path.join(root, name, f'seed{seed}.json'))
-        print(f'[suite] {name} seed {seed} -> results/modes_suite/{name}/seed{seed}.json',
-              flush=True)
+        _keep(path, root, name, seed)
+        if FLAGS.read_out_T0 and PRESETS[preset][1] == 'cgml':
+          t0 = os.path.join(FLAGS.workroot, f'{preset}_T0', variant, f'seed{seed}')
+          if not os.path.exists(os.path.join(t0, 'metrics.json')):
+            shutil.rmtree(t0, ignore_errors=True)
+            shutil.copytree(os.path.join(workdir, 'checkpoints'),
+                            os.path.join(t0, 'checkpoints'))
+            c = config_of(preset, variant, seed, FLAGS.smoke)
+            c.latent.traverse_steps = 0
+            c.checkpoint.allow_config_mismatch = True
+            train.train_and_evaluate(c, t0)
+          _keep(os.path.join(t0, 'metrics.json'), root, f'{preset}_T0/{variant}', seed)
+
+
+def _keep(path: str, root: str, name: str, seed: int):
+  """Copies a run's metrics.json to results (unless it ran from a modified tree)."""
+  with open(path) as f:
+    prov = json.load(f).get('provenance', {})
+  if prov.get('dirty', True) and not FLAGS.allow_dirty:
+    print(f'[suite] {name} seed {seed}: run from a modified tree; not copied to results '
+          '(--allow_dirty copies it)', flush=True)
+    return
+  os.makedirs(os.path.join(root, name), exist_ok=True)
+  shutil.copyfile(path, os.path.join(root, name, f'seed{seed}.json'))
+  print(f'[suite] {name} seed {seed} -> results/modes_suite/{name}/seed{seed}.json',
+        flush=True)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,7 @@ provenance that marks which result files may be committed."""
 
 import subprocess
 
-from cgml_jax import train
+from cgml_jax import configs, train
 from cgml_jax.tasks import names
 from experiments import report
 
@@ -42,12 +42,11 @@ def test_tables_from_hand_made_results():
 def test_seed_specs_of_the_sweep_command():
   import pytest
 
-  from experiments import seeds
-  assert seeds.parse_seeds('0-4') == [0, 1, 2, 3, 4]
-  assert seeds.parse_seeds('0-2,7,1') == [0, 1, 2, 7]
+  assert configs.parse_seeds('0-4') == [0, 1, 2, 3, 4]
+  assert configs.parse_seeds('0-2,7,1') == [0, 1, 2, 7]
   for bad in ('', '3-1'):
     with pytest.raises(ValueError):
-      seeds.parse_seeds(bad)
+      configs.parse_seeds(bad)
 
 
 def _image_run(e_best, norm, coverage=None):
