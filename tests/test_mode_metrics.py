@@ -133,3 +133,40 @@ def test_mnist_box_reports_the_shared_mode_metrics():
   r = mnist_corrupted.mode_scores(c, data, out)                # input 1: no box at all
   assert r['coverage'] == r['both_modes_rate'] == 0.5 and r['phantom_rate'] == 0.0
   assert math.isclose(r['mode_frequency_error'], abs(1 / 8 - 0.3))
+
+
+def test_a_collapsed_regression_never_counts_as_a_mode():
+  # Grey among primaries: uniform over grey, red, green, blue, yellow averages to
+  # (0.5, 0.5, 0.3), within half the palette gap (0.43) of grey. The tau of the rule keeps
+  # that mean (and anything as close to it) off the grey mode.
+  c = colour_config.get_config('variant=grey5,smoke')
+  pal, p = colour_modes.palette(c), colour_modes.prior(c)
+  mean = colour_modes.regression_colour(pal, p)
+  np.testing.assert_allclose(mean, [0.5, 0.5, 0.3])
+  assert np.linalg.norm(mean - pal[0]) < 0.5 * colour_modes.min_gap(pal)  # the old blind spot
+  t = colour_modes.tau(c)
+  assert t < np.linalg.norm(mean - pal[0])
+  g = np.zeros((1, 8, 8, 1))
+  g[0, 2:6, 2:6] = 1.0
+  samples = np.stack([colour_modes.render(g, mean)[0], colour_modes.render(g, pal[0])[0]])
+  s = colour_modes.mode_scores(c, 2 * g - 1, samples[None])
+  assert s['phantom_rate'] == 0.5 and s['mode_histogram'][0] == 0.5   # mean: a phantom
+  # A palette whose mean is one of its modes cannot tell them apart: refused.
+  c.data.palette = ((0.5, 0.5, 0.5), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 1.0, 1.0),
+                    (1.0, 0.0, 1.0))
+  with pytest.raises(ValueError, match='mean colour'):
+    colour_modes.tau(c)
+  # The primaries keep their tau: the mean grey is 0.82 from each.
+  assert math.isclose(colour_modes.tau(colour_config.get_config('smoke')), math.sqrt(2) / 2)
+
+
+def test_ideal_coverage_of_a_sampler_that_draws_from_the_prior():
+  assert math.isclose(modes.ideal_coverage([1 / 3] * 3, 16),
+                      1 - 3 * (2 / 3) ** 16 + 3 * (1 / 3) ** 16)
+  assert modes.ideal_coverage([0.5, 0.5], 1) == 0.0
+  rng = np.random.default_rng(0)
+  p = np.array([0.4, 0.3, 0.2, 0.1])
+  draws = rng.choice(4, size=(100_000, 16), p=p)
+  assert abs(modes.coverage(draws, 4) - modes.ideal_coverage(p, 16)) < 0.01
+  s = modes.summary(draws[:1000], p)
+  assert math.isclose(s['coverage_ratio'], s['coverage'] / s['ideal_coverage'])
