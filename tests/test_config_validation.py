@@ -33,7 +33,7 @@ CASES = [
     (colorize, 'photos,smoke', 'model.impl', 'fast', "'auto', 'matmul', 'conv', 'plain'"),
     (colorize, 'photos,smoke', 'model.z_injection', 'some', "('bottleneck', 'all')"),
     (colorize, 'photos,smoke', 'model.latent_hidden', (16, 0), 'tuple of widths'),
-    (colorize, 'photos,smoke', 'latent.init', 'zero', "('random', 'persistent')"),
+    (colorize, 'photos,smoke', 'latent.init', 'zero', "('random', 'persistent', 'balanced')"),
     (colorize, 'photos,smoke', 'latent.step_size', 0.0, 'config.latent.step_size'),
     (colorize, 'photos,smoke', 'latent.step_size_decay', 1.5, '<= 1.0'),
     (colorize, 'photos,smoke', 'latent.traverse_steps', -1, 'integer >= 0'),
