@@ -63,7 +63,7 @@ def config_keys() -> set[str]:
   """Every field of every experiments/*.py config (default variant)."""
   keys = set()
   for path in sorted(glob.glob(os.path.join(ROOT, 'experiments', '*.py'))):
-    if 'def get_config(' not in open(path).read():
+    if '\ndef get_config(' not in open(path).read():
       continue  # launchers define absl flags on import; configs do not
     module = importlib.import_module(f'experiments.{os.path.basename(path)[:-3]}')
     keys |= flat_keys(module.get_config())
