@@ -329,6 +329,11 @@ def mode_scores(config, x: np.ndarray, ab: np.ndarray, outputs: np.ndarray) -> d
           'residual_median': float(np.median(fit['residual'])), **out}
 
 
+# Entries of `mode_scores` that restate the rule's settings, not measurements.
+_SETTINGS = ('half_gap', 'pixel_chroma', 'min_chroma', 'min_chromatic_fraction',
+             'residual_tol', 'min_scale')
+
+
 def extra_eval(config, trained: dict, key, workdir: str) -> dict:
   """The known-mode metrics per method, on the first `eval.num_test` test inputs with
   K = `eval.num_samples` samples each (K copies for deterministic methods, so coverage is
@@ -342,7 +347,8 @@ def extra_eval(config, trained: dict, key, workdir: str) -> dict:
             for s in range(0, n, bs)]
     out[name] = mode_scores(config, data['x'], data['ab'], np.concatenate(outs))
     print(f'[hue_modes/{name}] ' + ', '.join(
-        f'{kk} {v:.4g}' for kk, v in out[name].items() if isinstance(v, float)), flush=True)
+        f'{kk} {v:.4g}' for kk, v in out[name].items()
+        if isinstance(v, float) and kk not in _SETTINGS), flush=True)
   return out
 
 
