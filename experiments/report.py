@@ -255,7 +255,8 @@ def _headline(m_by_seed: dict[int, dict]) -> str:
 
 
 DOC_OF = {'toy': 'docs/toy.md', 'colorize': 'docs/colorize.md',
-          'colour_modes': 'docs/multimodality.md', 'mnist_corrupted': 'docs/multimodality.md'}
+          'colour_modes': 'docs/multimodality.md', 'hue_modes': 'docs/multimodality.md',
+          'mnist_corrupted': 'docs/multimodality.md'}
 
 
 def readme_table(results: dict) -> str:
