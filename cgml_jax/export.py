@@ -14,10 +14,10 @@ The directory holds three Orbax items:
   meta    {'format', 'task', 'method', 'version'}.
 
 Supported: 'cgml' and 'cgml_no_rho' (K samples by Eq. 4 from K random z_0) and 'l1' (its
-one prediction repeated K times), on the image tasks (colorize, colour_modes, complete,
-translate, mnist_corrupted) and the toy. `Pretrained.sample`
-runs the same computation as the training code's sampler, so the same key gives bitwise
-the same outputs on the same backend.
+one prediction repeated K times), on the image tasks (colorize, colour_modes, hue_modes,
+complete, translate, mnist_corrupted) and the toy. `Pretrained.sample` runs
+the same computation as the training code's sampler, so the same key gives bitwise the
+same outputs on the same backend.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from cgml_jax.training import checkpoint
 
 FORMAT = 'cgml_jax.pretrained/1'
 METHODS = ('cgml', 'cgml_no_rho', 'l1')
-IMAGE_TASKS = ('colorize', 'colour_modes', 'complete', 'translate', 'mnist_corrupted')
+IMAGE_TASKS = ('colorize', 'colour_modes', 'hue_modes', 'complete', 'translate',
+               'mnist_corrupted')
 
 
 class ExportError(ValueError):
@@ -159,6 +160,9 @@ def image_task(config):
   if task == 'colour_modes':
     from cgml_jax.tasks import colour_modes
     return colour_modes.TASK
+  if task == 'hue_modes':
+    from cgml_jax.tasks import hue_modes
+    return hue_modes.TASK
   if task == 'complete':
     from cgml_jax.tasks import complete
     return complete.make_task(int(config.data.channels))

@@ -23,6 +23,7 @@ TASKS = {
     'toy': 'cgml_jax.tasks.toy',
     'colorize': 'cgml_jax.tasks.colorize',
     'colour_modes': 'cgml_jax.tasks.colour_modes',
+    'hue_modes': 'cgml_jax.tasks.hue_modes',
     'complete': 'cgml_jax.tasks.complete',
     'translate': 'cgml_jax.tasks.translate',
     'mnist_corrupted': 'cgml_jax.tasks.mnist_corrupted',
@@ -63,7 +64,8 @@ def hardware() -> str:
 # The offline data a config reads, checked before the workdir is touched.
 
 # Tasks whose examples come from an image source named by `config.data.name`.
-_IMAGE_TASKS = ('colorize', 'colour_modes', 'complete', 'translate', 'mnist_corrupted')
+_IMAGE_TASKS = ('colorize', 'colour_modes', 'hue_modes', 'complete', 'translate',
+                'mnist_corrupted')
 
 
 def _data_root(config) -> str | None:

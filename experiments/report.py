@@ -255,7 +255,8 @@ def _headline(m_by_seed: dict[int, dict]) -> str:
 
 
 DOC_OF = {'toy': 'docs/toy.md', 'colorize': 'docs/colorize.md',
-          'colour_modes': 'docs/multimodality.md', 'mnist_corrupted': 'docs/multimodality.md'}
+          'colour_modes': 'docs/multimodality.md', 'hue_modes': 'docs/multimodality.md',
+          'mnist_corrupted': 'docs/multimodality.md'}
 
 
 def readme_table(results: dict) -> str:
@@ -436,7 +437,8 @@ def _suite_cell(runs: list[dict]) -> str:
 
 def suite_table(results: dict) -> str:
   """The known-mode suite (results/modes_suite/<preset>/<variant>): one row per variant
-  (data, palette, M, prior, tau, the prior's ideal coverage at K), one column per preset;
+  (data, palette, M, prior, tau (colour modes; '–' for hue modes, whose rule has none),
+  the prior's ideal coverage at K), one column per preset;
   a cell is the mean over seeds of coverage / ideal, phantom rate and frequency error,
   and how many seeds meet all three targets (`SUITE_TARGET`)."""
   cells: dict[str, dict[str, list[dict]]] = {}
@@ -448,7 +450,7 @@ def suite_table(results: dict) -> str:
     d = _config(seeds[min(seeds)]).get('data', {})
     r = runs[0]
     about[variant] = (d.get('name'), len(r['prior']), ', '.join(f'{p:.2f}' for p in r['prior']),
-                      r['tau'], ideal_coverage(r['prior'], r['num_samples']), r['num_samples'])
+                      r.get('tau'), ideal_coverage(r['prior'], r['num_samples']), r['num_samples'])
   presets = [p for p in SUITE_PRESETS if any(p in c for c in cells.values())]
   presets += sorted({p for c in cells.values() for p in c} - set(presets))
   lines = ['Cells: coverage / ideal · phantom rate · frequency error, means over seeds, and '
@@ -460,7 +462,8 @@ def suite_table(results: dict) -> str:
     name, m, prior, tau, ideal, k = about[variant]
     row = ' | '.join(_suite_cell(cells[variant][p]) if p in cells[variant] else '–'
                      for p in presets)
-    lines.append(f'| {variant} | {name} | {m} | {prior} | {tau:.3f} | {ideal:.3f} ({k}) | '
+    tau = '–' if tau is None else f'{tau:.3f}'
+    lines.append(f'| {variant} | {name} | {m} | {prior} | {tau} | {ideal:.3f} ({k}) | '
                  f'{row} |')
   return '\n'.join(lines)
 

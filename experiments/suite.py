@@ -2,15 +2,18 @@
 
   python -m experiments.suite --seeds=0-4                        # everything
   python -m experiments.suite --seeds=0-2 --variants=rgb3,grey5 --presets=default,cimle
+  python -m experiments.suite --seeds=0-2 --variants=hue --presets=default,paper
 
 A variant is an entry of `experiments.colour_modes.SUITE` (shapes or MNIST glyphs, a
-palette, M modes and their prior); a preset is a method with its options (`PRESETS`):
-cGML as shipped, cGML as the paper writes it, cGML with the balanced z_0 and its
-nearest-target flow (not in the paper), and the cIMLE peer, all with the same backbone,
-budget and K. Run (preset, variant, seed) trains in
+palette, M modes and their prior), or `hue:NAME` for an entry of
+`experiments.hue_modes.SUITE` (photos whose chroma is rotated by one of M angles; `hue`
+selects them all; `all` keeps to the colour-mode variants). A preset is a method with its
+options (`PRESETS`): cGML as shipped, cGML as the paper writes it, cGML with the balanced
+z_0 and its nearest-target flow (not in the paper), and the cIMLE peer, all with the same
+backbone, budget and K. Run (preset, variant, seed) trains in
 `<workroot>/<preset>/<variant>/seed<k>` (resumable; a run whose metrics.json exists is
-not run again) and its metrics.json is copied to
-`results/modes_suite/<preset>/<variant>/seed<k>.json`, unless it ran from a tree with
+not run again; `hue:NAME` is written `hue-NAME` in paths) and its metrics.json is copied
+to `results/modes_suite/<preset>/<variant>/seed<k>.json`, unless it ran from a tree with
 uncommitted changes (--allow_dirty copies it anyway). The tables of
 docs/multimodality.md come from these files (`python -m experiments.report`).
 
@@ -30,7 +33,7 @@ from absl import app, flags, logging
 from cgml_jax import configs, train
 from cgml_jax.configs import parse_seeds
 from cgml_jax.training import loop
-from experiments import colour_modes
+from experiments import colour_modes, hue_modes
 
 
 def _default(c):
@@ -55,13 +58,16 @@ def _cimle(c):
   return c
 
 
-# name -> (config edit, method trained). The config is colour_modes.get_config(variant).
+# name -> (config edit, method trained). The config is colour_modes.get_config(variant),
+# or hue_modes.get_config(NAME) for a variant 'hue:NAME'.
 PRESETS = {'default': (_default, 'cgml'), 'paper': (_paper, 'cgml'),
            'balanced': (_balanced, 'cgml'), 'cimle': (_cimle, 'cimle')}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('seeds', '0-4', 'Seeds: a range "0-4" and/or a list "0,2,5".')
-flags.DEFINE_string('variants', 'all', 'Comma-separated names of colour_modes.SUITE, or all.')
+flags.DEFINE_string('variants', 'all', 'Comma-separated names of colour_modes.SUITE or '
+                    'hue:NAME of hue_modes.SUITE; all = every colour-mode variant, hue = '
+                    'every hue-mode variant.')
 flags.DEFINE_string('presets', ','.join(PRESETS), 'Comma-separated names of PRESETS.')
 flags.DEFINE_string('workroot', 'runs/suite', 'Where the run directories go.')
 flags.DEFINE_string('results', None, 'Results directory (default: <repository>/results).')
@@ -70,21 +76,38 @@ flags.DEFINE_bool('smoke', False, 'Tiny runs (the configs\' smoke variants), for
 flags.DEFINE_bool('read_out_T0', False, 'Also evaluate each cGML run at T = 0 (G at z_0).')
 
 
+HUE = 'hue:'  # prefix of the hue-mode variants
+VARIANTS = tuple(colour_modes.SUITE) + tuple(HUE + n for n in hue_modes.SUITE)
+
+
 def config_of(preset: str, variant: str, seed: int, smoke: bool = False):
   """The run config of one (preset, variant, seed); `smoke` shrinks it for tests."""
   edit, method = PRESETS[preset]
-  c = colour_modes.get_config(f'variant={variant}' + (',smoke' if smoke else ''))
+  module, name = ((hue_modes, variant[len(HUE):]) if variant.startswith(HUE)
+                  else (colour_modes, variant))
+  c = module.get_config(f'variant={name}' + (',smoke' if smoke else ''))
   c.methods = (method,)
   c = edit(c)
   c.seed = seed
   return c
 
 
-def _names(spec: str, known, what: str) -> list[str]:
-  names = list(known) if spec == 'all' else [s.strip() for s in spec.split(',') if s.strip()]
+def _dir(variant: str) -> str:
+  """A variant's name in paths: 'hue:NAME' -> 'hue-NAME'."""
+  return variant.replace(':', '-')
+
+
+def _names(spec: str, known, what: str, groups=None) -> list[str]:
+  """Comma-separated names of `known`; a name of `groups` stands for its list."""
+  groups = {'all': list(known), **(groups or {})}
+  names = []
+  for s in spec.split(','):
+    s = s.strip()
+    names += groups.get(s, [s] if s else [])
   bad = [n for n in names if n not in known]
   if bad or not names:
-    raise app.UsageError(f'unknown {what} {bad}; expected some of {sorted(known)} or all')
+    raise app.UsageError(f'unknown {what} {bad}; expected some of {sorted(known)} or '
+                         f'{" or ".join(groups)}')
   return names
 
 
@@ -95,12 +118,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   root = os.path.join(FLAGS.results or os.path.join(repo, 'results'), 'modes_suite')
-  variants = _names(FLAGS.variants, colour_modes.SUITE, 'variants')
+  variants = _names(FLAGS.variants, VARIANTS, 'variants',
+                    {'all': list(colour_modes.SUITE), 'hue': [HUE + n for n in hue_modes.SUITE]})
   presets = _names(FLAGS.presets, PRESETS, 'presets')
   for seed in parse_seeds(FLAGS.seeds):
     for variant in variants:
       for preset in presets:
-        name = os.path.join(preset, variant)
+        name = os.path.join(preset, _dir(variant))
         workdir = os.path.join(FLAGS.workroot, name, f'seed{seed}')
         path = os.path.join(workdir, 'metrics.json')
         if not os.path.exists(path):
@@ -111,7 +135,7 @@ def main(argv):
             sys.exit(143)
         _keep(path, root, name, seed)
         if FLAGS.read_out_T0 and PRESETS[preset][1] == 'cgml':
-          t0 = os.path.join(FLAGS.workroot, f'{preset}_T0', variant, f'seed{seed}')
+          t0 = os.path.join(FLAGS.workroot, f'{preset}_T0', _dir(variant), f'seed{seed}')
           if not os.path.exists(os.path.join(t0, 'metrics.json')):
             shutil.rmtree(t0, ignore_errors=True)
             shutil.copytree(os.path.join(workdir, 'checkpoints'),
@@ -120,7 +144,7 @@ def main(argv):
             c.latent.traverse_steps = 0
             c.checkpoint.allow_config_mismatch = True
             train.train_and_evaluate(c, t0)
-          _keep(os.path.join(t0, 'metrics.json'), root, f'{preset}_T0/{variant}', seed)
+          _keep(os.path.join(t0, 'metrics.json'), root, f'{preset}_T0/{_dir(variant)}', seed)
 
 
 def _keep(path: str, root: str, name: str, seed: int):

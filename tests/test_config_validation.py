@@ -75,6 +75,8 @@ def test_bad_field_is_one_line_config_error(tmp_path, module, variant, field, va
 
 VARIANTS = {'colorize': (None, 'smoke', 'best', 'photos', 'photos,smoke', 'paper'),
             'colour_modes': (None, 'smoke', 'best', 'mnist'),
+            'hue_modes': (None, 'smoke', 'paper', 'cifar', 'variant=embedded4',
+                          'variant=cifar3_skew,smoke'),
             'compare_modes': (None, 'smoke'), 'complete': (None, 'cpu', 'smoke', 'paper'),
             'translate': (None, 'cpu', 'smoke', 'paper'), 'toy': (None, 'smoke', 'paper', 'best'),
             'spectral3d': (None, 'smoke'), 'mnist_corrupted': (None, 'box', 'smoke'),

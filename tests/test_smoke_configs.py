@@ -9,13 +9,14 @@ import pytest
 
 from cgml_jax import configs
 
-CONFIGS = ('toy', 'colour_modes', 'colorize', 'mnist_corrupted', 'complete', 'translate',
-           'spectral3d', 'compare_mnist', 'compare_facades', 'compare_modes', 'probe')
+CONFIGS = ('toy', 'colour_modes', 'hue_modes', 'colorize', 'mnist_corrupted', 'complete',
+           'translate', 'spectral3d', 'compare_mnist', 'compare_facades', 'compare_modes',
+           'probe')
 # Fields a smoke run shrinks; every variant combined with smoke must leave them as smoke
 # sets them.
 # Variants that choose the data or the task (and so the image side) are compared with smoke
 # on the same data: colorize's `paper` is its photo task.
-DATA_VARIANTS = {'mnist': 'mnist', 'photos': 'photos'}
+DATA_VARIANTS = {'mnist': 'mnist', 'photos': 'photos', 'cifar': 'cifar'}
 TASK_VARIANTS = {('colorize', 'paper'): 'photos'}
 BUDGET = ('train.steps', 'train.inner_steps', 'data.batch_size', 'data.image_size',
           'data.num_train', 'eval.num_test', 'eval.num_samples', 'model.base_channels',
