@@ -10,9 +10,7 @@ its metrics.json (with provenance: commit, dirty flag and config) is copied to
 (their commit would not name the code), unless --allow_dirty.
 """
 
-import json
 import os
-import shutil
 import sys
 
 from absl import app, flags, logging
@@ -21,6 +19,7 @@ from ml_collections import config_flags
 from cgml_jax import train
 from cgml_jax.configs import parse_seeds
 from cgml_jax.training import loop
+from cgml_jax.training import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config).',
@@ -54,15 +53,12 @@ def main(argv):
       except loop.Preempted as e:
         print(e, flush=True)
         sys.exit(143)
-    with open(path) as f:
-      prov = json.load(f).get('provenance', {})
-    if prov.get('dirty', True) and not FLAGS.allow_dirty:
+    dest = os.path.join(results, f'seed{seed}.json')
+    if not workdir_lib.copy_result(path, dest, FLAGS.allow_dirty):
       print(f'[seeds] seed {seed}: run from a modified tree (or without provenance); not '
             'copied to results (--allow_dirty copies it)', flush=True)
       continue
-    os.makedirs(results, exist_ok=True)
-    shutil.copyfile(path, os.path.join(results, f'seed{seed}.json'))
-    print(f'[seeds] seed {seed} -> {os.path.join(results, f"seed{seed}.json")}', flush=True)
+    print(f'[seeds] seed {seed} -> {dest}', flush=True)
 
 
 if __name__ == '__main__':

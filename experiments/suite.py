@@ -23,7 +23,6 @@ share of the sphere that G itself gives each mode, against which the Eq. 4 row s
 the flow of Z does to the shares.
 """
 
-import json
 import os
 import shutil
 import sys
@@ -33,6 +32,7 @@ from absl import app, flags, logging
 from cgml_jax import configs, train
 from cgml_jax.configs import parse_seeds
 from cgml_jax.training import loop
+from cgml_jax.training import workdir as workdir_lib
 from experiments import colour_modes, hue_modes
 
 
@@ -149,14 +149,11 @@ def main(argv):
 
 def _keep(path: str, root: str, name: str, seed: int):
   """Copies a run's metrics.json to results (unless it ran from a modified tree)."""
-  with open(path) as f:
-    prov = json.load(f).get('provenance', {})
-  if prov.get('dirty', True) and not FLAGS.allow_dirty:
+  if not workdir_lib.copy_result(path, os.path.join(root, name, f'seed{seed}.json'),
+                                 FLAGS.allow_dirty):
     print(f'[suite] {name} seed {seed}: run from a modified tree; not copied to results '
           '(--allow_dirty copies it)', flush=True)
     return
-  os.makedirs(os.path.join(root, name), exist_ok=True)
-  shutil.copyfile(path, os.path.join(root, name, f'seed{seed}.json'))
   print(f'[suite] {name} seed {seed} -> results/modes_suite/{name}/seed{seed}.json',
         flush=True)
 

@@ -50,7 +50,6 @@ from cgml_jax import cgml
 from cgml_jax.data import load_source, parse_split
 from cgml_jax.metrics import modes as modes_lib
 from cgml_jax.tasks import image
-from cgml_jax.tasks import methods as methods_lib
 
 # Red, green, blue, yellow, cyan, magenta in [0, 1]: the first M are the default modes.
 PALETTE = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0),
@@ -293,17 +292,12 @@ def mode_scores(config, x: np.ndarray, outputs: np.ndarray) -> dict:
 
 def extra_eval(config, trained: dict, key, workdir: str) -> dict:
   """The known-mode metrics per method, on the first `eval.num_test` test inputs with
-  K = `eval.num_samples` samples each (K copies for deterministic methods, so coverage is
-  comparable across methods)."""
+  K = `eval.num_samples` samples each (`image.known_mode_samples`)."""
   del workdir
-  import jax
-  data = image.load_eval_set(TASK, config, 'test')
-  n, bs, k = len(data['x']), config.eval.batch_size, int(config.eval.num_samples)
+  data, samples = image.known_mode_samples(TASK, config, trained, key)
   out = {}
-  for name, t in trained.items():
-    outs = [methods_lib.sample(t, data['x'][s:s + bs], jax.random.fold_in(key, s), k)
-            for s in range(0, n, bs)]
-    out[name] = mode_scores(config, data['x'], np.concatenate(outs))
+  for name, outputs in samples.items():
+    out[name] = mode_scores(config, data['x'], outputs)
     print(f'[colour_modes/{name}] ' + ', '.join(
         f'{kk} {v:.4g}' for kk, v in out[name].items() if isinstance(v, float)), flush=True)
   return out

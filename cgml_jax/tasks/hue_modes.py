@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -81,7 +80,6 @@ from cgml_jax.data import color, transforms
 from cgml_jax.metrics import image as image_metrics
 from cgml_jax.metrics import modes as modes_lib
 from cgml_jax.tasks import colorize, image
-from cgml_jax.tasks import methods as methods_lib
 
 MAX_MODES = 6
 
@@ -336,16 +334,12 @@ _SETTINGS = ('half_gap', 'pixel_chroma', 'min_chroma', 'min_chromatic_fraction',
 
 def extra_eval(config, trained: dict, key, workdir: str) -> dict:
   """The known-mode metrics per method, on the first `eval.num_test` test inputs with
-  K = `eval.num_samples` samples each (K copies for deterministic methods, so coverage is
-  comparable across methods)."""
+  K = `eval.num_samples` samples each (`image.known_mode_samples`)."""
   del workdir
-  data = image.load_eval_set(TASK, config, 'test')
-  n, bs, k = len(data['x']), config.eval.batch_size, int(config.eval.num_samples)
+  data, samples = image.known_mode_samples(TASK, config, trained, key)
   out = {}
-  for name, t in trained.items():
-    outs = [methods_lib.sample(t, data['x'][s:s + bs], jax.random.fold_in(key, s), k)
-            for s in range(0, n, bs)]
-    out[name] = mode_scores(config, data['x'], data['ab'], np.concatenate(outs))
+  for name, outputs in samples.items():
+    out[name] = mode_scores(config, data['x'], data['ab'], outputs)
     print(f'[hue_modes/{name}] ' + ', '.join(
         f'{kk} {v:.4g}' for kk, v in out[name].items()
         if isinstance(v, float) and kk not in _SETTINGS), flush=True)

@@ -269,7 +269,23 @@ def load_eval_set(task: ImageTask, config, protocol: str) -> dict[str, np.ndarra
           and examples[0][k].dtype.kind in 'fiub'}
 
 
-# ---------------------------------------------------------------------------------------
+def known_mode_samples(task: ImageTask, config, trained: dict, key):
+  """For the known-mode evaluations: the first `eval.num_test` test examples and, per
+  method, K = `eval.num_samples` samples of each, (N, K, ...) (K copies for deterministic
+  methods, so coverage is comparable across methods).
+
+  Returns:
+    (data, {method: samples}).
+  """
+  data = load_eval_set(task, config, 'test')
+  n, bs, k = len(data['x']), config.eval.batch_size, int(config.eval.num_samples)
+  return data, {
+      name: np.concatenate([methods_lib.sample(t, data['x'][s:s + bs],
+                                               jax.random.fold_in(key, s), k)
+                            for s in range(0, n, bs)])
+      for name, t in trained.items()}
+
+
 # ---------------------------------------------------------------------------------------
 # Models and training.
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -151,3 +153,20 @@ def fit_method(state, step_fn, batches, config: ml_collections.ConfigDict, workd
     if ckpt is not None:
       ckpt.close()
   return parallel.to_local(state), history, timing['train_seconds']
+
+
+def copy_result(metrics_path: str, dest: str, allow_dirty: bool = False) -> bool:
+  """Copies a run's metrics.json to `dest` (a results file), unless the run's provenance
+  says it ran from a tree with uncommitted changes (its commit would not name the code)
+  and not `allow_dirty`.
+
+  Returns:
+    Whether it was copied.
+  """
+  with open(metrics_path) as f:
+    prov = json.load(f).get('provenance', {})
+  if prov.get('dirty', True) and not allow_dirty:
+    return False
+  os.makedirs(os.path.dirname(dest), exist_ok=True)
+  shutil.copyfile(metrics_path, dest)
+  return True
