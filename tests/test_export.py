@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cgml_jax import export
-from cgml_jax.tasks import colorize, image
+from cgml_jax.tasks import colorize, image, viz
 from cgml_jax.tasks import methods as methods_lib
 from cgml_jax.training import workdir as workdir_lib
 from experiments import colorize as colorize_config
@@ -82,6 +82,13 @@ def test_sample_command_on_a_folder(run, tmp_path):
   out = np.asarray(Image.open(tmp_path / 'out' / 'colour_sample0.png'))
   assert out.shape == (16, 16, 3)
   assert np.asarray(Image.open(tmp_path / 'out' / 'grey_sample2.png')).shape == (24, 20, 3)
+  # grid.png: one row per input at the model's side under a header (input, the method,
+  # k = 1..3), enlarged to about viz.CELL_PX a cell; the single samples are bare.
+  grid = np.asarray(Image.open(tmp_path / 'out' / 'grid.png'))
+  size, scale = config.data.image_size, viz.legible_scale(config.data.image_size)
+  bare = (2 * (size + 2) + 2, 4 * (size + 2) + 2)
+  assert grid.shape[1] == scale * bare[1] and grid.shape[0] > scale * bare[0]
+  assert (grid[:grid.shape[0] - scale * bare[0]] < 128).any()
 
 
 def _bad_and_good_folder(folder, size: int, good: int = 5):
@@ -163,8 +170,15 @@ def test_colorization_keeps_the_full_resolution_lightness(run, tmp_path):
   # Equal up to 8-bit rounding and the sRGB gamut clip of strongly coloured pixels; the
   # high-frequency stripes of the blue channel would be lost at the model's 16 px.
   assert np.median(np.abs(l_out - l_in)) < 1.0
+  # The grid: a header over input | k = 1 | k = 2, whose cells are the input's pixels
+  # (repeated for a narrow input so the labels fit) and exactly the sample files.
   grid = np.asarray(Image.open(tmp_path / 'out' / 'photo_grid.png'))
-  assert grid.shape[0] == h + 4 and grid.shape[1] == 3 * (w + 2) + 2
+  s = viz.legible_scale(w)
+  cells = grid[-s * (h + 4):]
+  assert s > 1 and grid.shape[1] == s * (3 * (w + 2) + 2) and grid.shape[0] > len(cells)
+  left = s * (2 + 2 * (w + 2))
+  np.testing.assert_array_equal(cells[2 * s:(2 + h) * s:s, left:left + w * s:s], out)
+  assert (grid[:-len(cells)] < 128).any()  # text in the header
 
 
 def test_readme_colorize_run_exports_and_samples(tmp_path):
