@@ -26,7 +26,8 @@ refused (it would have to be upscaled). Files are read by `cgml_jax.data.images.
 
 Exit status: 0 when every input was written; 1 when some inputs could not be read (each
 is reported in one line and skipped; the others are written); 2 for a bad command (a
-missing model or input folder, a bad mask or flag).
+missing model or input folder, a bad mask or flag); 130 after Ctrl-C (one line; the
+outputs written before it stay).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', None, 'Directory written by cgml_jax.export.export.')
@@ -53,6 +54,7 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.
 TASKS = ('colorize', 'colour_modes', 'complete', 'translate')
 EXIT_SOME_FAILED = 1  # some inputs were skipped (each reported); the rest are written
 EXIT_BAD_COMMAND = 2  # nothing was run: a bad flag, model, input folder or mask
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): the outputs written before it stay
 
 
 class SampleError(ValueError):
@@ -262,11 +264,19 @@ def run(model_dir: str, input_path: str, out_dir: str, num_samples: int, mask: s
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    # JAX logs its backend probe (e.g. a missing libtpu) at INFO; stderr keeps only the
+    # lines about the inputs. --verbosity=0 shows the INFO lines again.
+    logging.set_verbosity(logging.WARNING)
   from cgml_jax.export import ExportError
   try:
     result = run(FLAGS.model, FLAGS.input, FLAGS.out, FLAGS.num_samples, FLAGS.mask,
                  FLAGS.seed, FLAGS.batch_size, FLAGS.scale,
                  warn=lambda line: print(line, file=sys.stderr))
+  except KeyboardInterrupt:
+    print(f'interrupted (Ctrl-C); the outputs written so far are in {FLAGS.out}',
+          file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
   except (SampleError, ExportError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_BAD_COMMAND)

@@ -146,6 +146,8 @@ def test_sample_cli_exit_status(run, tmp_path):
   skipped = [l for l in p.stderr.splitlines() if l.startswith('[sample] skipped')]
   assert len(skipped) == len(bad)
   assert f'{len(bad)} of {len(bad) + 2} inputs skipped' in p.stderr
+  # stderr holds only those lines and the summary (no INFO log of JAX's backend probe).
+  assert len(p.stderr.strip().splitlines()) == len(bad) + 1, p.stderr
   assert 'good1_sample1.png' in os.listdir(tmp_path / 'out')
   p = cli(f'--input={tmp_path / "nowhere"}', f'--out={tmp_path / "out2"}')
   assert p.returncode == sample_cmd.EXIT_BAD_COMMAND and 'Traceback' not in p.stderr
@@ -245,3 +247,23 @@ def test_sample_command_completion_masks(tmp_path):
     scale = got.shape[0] // s
     want = np.asarray(Image.open(tmp_path / 'face.png')).astype(int)
     assert np.abs(got[::scale, ::scale][0, 0] - want[0, 0]).max() <= 1
+
+
+def test_sample_cli_ctrl_c_is_one_line(tmp_path):
+  """Ctrl-C while sampling: one line naming where the outputs are, status 130."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = ('import sys\n'
+            'from absl import app\n'
+            'from experiments import sample\n'
+            'def interrupted(*args, **kwargs):\n'
+            '  raise KeyboardInterrupt\n'
+            'sample.run = interrupted\n'
+            'app.run(sample.main)\n')
+  p = subprocess.run([sys.executable, '-c', script, '--model=m', '--input=i',
+                      f'--out={tmp_path}'], cwd=root, capture_output=True, text=True,
+                     timeout=120)
+  assert p.returncode == sample_cmd.EXIT_INTERRUPTED, p.stderr
+  assert p.stderr.strip().splitlines() == [
+      f'interrupted (Ctrl-C); the outputs written so far are in {tmp_path}']
