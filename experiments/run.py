@@ -146,6 +146,18 @@ def usage(full: bool = False) -> str:
           f'(--helpfull lists every flag):\n{flag_help}\n')
 
 
+def _override_named(error: Exception, args: list[str]) -> str:
+  """' --config.a.b=v' for the one override whose field the error quotes, else ''.
+
+  ml_collections names only the field ('stepz'), which is ambiguous among several
+  overrides.
+  """
+  text = one_line(error)
+  named = [a for a in args if a.startswith('--config.')
+           and any(f"'{part}'" in text for part in a.split('=', 1)[0].split('.')[1:])]
+  return f' {named[0]}' if len(named) == 1 else ''
+
+
 def parse_flags(argv):
   """absl's flag parsing, with --help on stdout (status 0) and a bad flag, config file or
   config override reported in one line (status 2)."""
@@ -160,7 +172,7 @@ def parse_flags(argv):
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these for an unknown config field or a value of the wrong
     # type, e.g. --config.train.stepz=5.
-    fail(EXIT_USAGE, f'bad config override: {one_line(e)}')
+    fail(EXIT_USAGE, f'bad config override{_override_named(e, args)}: {one_line(e)}')
   try:
     FLAGS.config.get('task')  # ml_collections defers a file it could not load to here
   except OSError as e:

@@ -82,6 +82,10 @@ def test_launcher_rejects_unknown_config_key(tmp_path):
   p = run('--config=experiments/toy.py:smoke', f'--workdir={tmp_path}',
           '--config.train.stepz=5')
   assert 'stepz' in one_error_line(p)
+  # The line names the override, among several, whose field does not exist.
+  p = run('--config=experiments/toy.py:smoke', f'--workdir={tmp_path}/run',
+          '--config.train.steps=5', '--config.trian.lr=0.1')
+  assert one_error_line(p).startswith('error: bad config override --config.trian.lr=0.1: ')
   assert not os.path.exists(tmp_path / 'metrics.json')
 
 
