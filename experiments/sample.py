@@ -26,8 +26,8 @@ refused (it would have to be upscaled). Files are read by `cgml_jax.data.images.
 
 Exit status: 0 when every input was written; 1 when some inputs could not be read (each
 is reported in one line and skipped; the others are written); 2 for a bad command (a
-missing model or input folder, a bad mask or flag); 130 after Ctrl-C (one line; the
-outputs written before it stay).
+missing model or input folder, a bad mask, a bad or missing flag); 130 after Ctrl-C
+(one line; the outputs written before it stay). --help prints this text (status 0).
 """
 
 from __future__ import annotations
@@ -261,9 +261,32 @@ def run(model_dir: str, input_path: str, out_dir: str, num_samples: int, mask: s
   return result
 
 
-def main(argv):
+HELP_FLAGS = ('-h', '-help', '--help', '-?', '--helpshort', '--helpfull')
+
+
+def _bad_command(message: str):
+  print(f'error: {message} (see --help)', file=sys.stderr, flush=True)
+  sys.exit(EXIT_BAD_COMMAND)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with --help on stdout (status 0) and a bad or missing flag or a
+  stray argument in one line (status 2), like the other commands."""
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    flag_help = FLAGS.get_help() if '--helpfull' in argv else FLAGS.main_module_help()
+    print(f'{__doc__.strip()}\n\nFlags:\n{flag_help}', flush=True)
+    sys.exit(0)
+  try:
+    argv = FLAGS(argv)
+  except flags.Error as e:
+    _bad_command(' '.join(str(e).split()))
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    _bad_command(f'unexpected arguments {argv[1:]}; flags are written --name=value')
+  return argv
+
+
+def main(argv):
+  del argv  # parse_flags refused any argument that is not a flag
   if not FLAGS['verbosity'].present:
     # JAX logs its backend probe (e.g. a missing libtpu) at INFO; stderr keeps only the
     # lines about the inputs. --verbosity=0 shows the INFO lines again.
@@ -281,9 +304,11 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_BAD_COMMAND)
   if result.failed:
+    rest = ('the others are written' if len(result.failed) < result.num_inputs
+            else 'nothing was written')
     print(f'error: {len(result.failed)} of {result.num_inputs} inputs skipped (each named '
-          'above); the others are written', file=sys.stderr)
+          f'above); {rest}', file=sys.stderr)
     sys.exit(EXIT_SOME_FAILED)
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -152,6 +152,26 @@ def test_sample_cli_exit_status(run, tmp_path):
   p = cli(f'--input={tmp_path / "nowhere"}', f'--out={tmp_path / "out2"}')
   assert p.returncode == sample_cmd.EXIT_BAD_COMMAND and 'Traceback' not in p.stderr
   assert p.stderr.strip().splitlines()[-1].startswith('error: --input')
+  # A missing or unknown flag, a stray argument, a training workdir for --model: one line,
+  # status 2; --help: status 0.
+  wd = run[1]
+  for args, says in ([f'--input={tmp_path / "photos"}'], '--out'), (
+      [f'--input={tmp_path / "photos"}', '--out=o', '--num_sample=2'], 'num_sample'), (
+      [f'--input={tmp_path / "photos"}', '--out=o', 'extra'], 'extra'):
+    p = cli(*args)
+    assert p.returncode == sample_cmd.EXIT_BAD_COMMAND, p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and says in p.stderr, p.stderr
+  p = subprocess.run([sys.executable, '-m', 'experiments.sample', f'--model={wd}',
+                      f'--input={tmp_path / "photos"}', f'--out={tmp_path / "o"}'], cwd=root,
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == sample_cmd.EXIT_BAD_COMMAND, p.stderr
+  assert p.stderr.strip().startswith('error: ') and 'export it first' in p.stderr, p.stderr
+  assert '\n' not in p.stderr.strip()
+  p = cli(f'--input={tmp_path / "photos" / "empty.png"}', f'--out={tmp_path / "o"}')
+  assert p.returncode == sample_cmd.EXIT_SOME_FAILED
+  assert p.stderr.strip().splitlines()[-1].endswith('nothing was written'), p.stderr
+  p = cli('--help')
+  assert p.returncode == 0 and 'Exit status' in p.stdout and '--num_samples' in p.stdout
 
 
 def test_colorization_keeps_the_full_resolution_lightness(run, tmp_path):
