@@ -204,7 +204,7 @@ def main(argv):
       raise
     print('interrupted (Ctrl-C); the newest complete checkpoint is intact. Run the same '
           'command again to resume.', flush=True)
-    sys.exit(EXIT_INTERRUPTED)
+    loop.exit_interrupted(EXIT_INTERRUPTED)
   except USAGE_ERRORS + RUN_ERRORS as e:
     if FLAGS.traceback:
       raise

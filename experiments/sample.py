@@ -299,7 +299,8 @@ def main(argv):
   except KeyboardInterrupt:
     print(f'interrupted (Ctrl-C); the outputs written so far are in {FLAGS.out}',
           file=sys.stderr)
-    sys.exit(EXIT_INTERRUPTED)
+    from cgml_jax.training import loop
+    loop.exit_interrupted(EXIT_INTERRUPTED)
   except (SampleError, ExportError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_BAD_COMMAND)
