@@ -38,6 +38,19 @@ import signal
 import sys
 import textwrap
 
+
+def _interrupted_while_starting(signum, frame):
+  del signum, frame
+  print('interrupted (Ctrl-C) while starting; nothing was run', flush=True)
+  os._exit(128 + signal.SIGINT)
+
+
+if __name__ == '__main__' and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+  # Importing JAX takes seconds. Ctrl-C in them would print the import's traceback, or be
+  # lost in one of JAX's garbage-collector callbacks; nothing is written before main(),
+  # which restores Python's handler.
+  signal.signal(signal.SIGINT, _interrupted_while_starting)
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -185,6 +198,8 @@ def parse_flags(argv):
 
 
 def main(argv):
+  if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:

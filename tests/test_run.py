@@ -147,6 +147,27 @@ def test_missing_data_is_one_line_and_the_suggested_fix_works_on_the_same_workdi
   assert os.path.exists(tmp_path / 'run' / 'metrics.json')
 
 
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+  """Ctrl-C in the first second (importing JAX): one line, status 130, no traceback and
+  nothing written (or, on a machine that imports faster, the line of an interrupted run)."""
+  import signal
+  import time
+  p = subprocess.Popen([sys.executable, '-m', 'experiments.run',
+                        '--config=experiments/toy.py:smoke', f'--workdir={tmp_path}/run'],
+                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=fast_compile_env(),
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  time.sleep(1.0)
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 130, out + err
+  assert 'Traceback' not in err and 'Exception ignored' not in err, err
+  assert out.strip().splitlines()[-1].startswith('interrupted (Ctrl-C)'), out
+  if 'while starting' in out:
+    assert out.strip() == 'interrupted (Ctrl-C) while starting; nothing was run'
+    assert not os.path.exists(tmp_path / 'run')
+
+
 def test_nan_stops_training_naming_the_step():
   def step(state, batch, key):
     del key
