@@ -220,6 +220,13 @@ def load_pretrained(path: str | os.PathLike) -> Pretrained:
     A `Pretrained` with `sample(x, key, K)` and `config`.
   """
   path = os.path.abspath(os.fspath(path))
+  if not os.path.exists(path):
+    raise ExportError(f'{path} does not exist; give a directory written by '
+                      'cgml_jax.export.export')
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    # A training workdir: the usual slip of passing the run instead of its export.
+    raise ExportError(f'{path} is a training workdir, not an exported model; export it first: '
+                      f'cgml_jax.export.export({os.fspath(path)!r}, None, "model_dir")')
   if not os.path.isdir(os.path.join(path, 'meta')):
     raise ExportError(f'{path} is not a model written by cgml_jax.export (no meta item)')
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:

@@ -74,10 +74,15 @@ def _data_root(config) -> str | None:
 
 def _missing(what: str, path: pathlib.Path, config):
   from cgml_jax.data import sources  # pylint: disable=g-import-not-at-top
-  origin = ('config.data.data_dir' if _data_root(config) else
-            f'${sources.ENV_VAR}' if os.environ.get(sources.ENV_VAR) else 'the default folder')
+  if _data_root(config):
+    origin = 'the data folder of config.data.data_dir'
+  elif os.environ.get(sources.ENV_VAR):
+    origin = f'the data folder of ${sources.ENV_VAR}'
+  else:
+    origin = (f'the default data folder, as neither ${sources.ENV_VAR} nor '
+              'config.data.data_dir is set')
   raise sources.DataNotFoundError(
-      f'{what} not found: {path} (data folder from {origin}); point ${sources.ENV_VAR} or '
+      f'{what} not found: {path} (in {origin}); point ${sources.ENV_VAR} or '
       '--config.data.data_dir at the folder that holds it (docs/data.md)')
 
 

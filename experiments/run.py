@@ -38,6 +38,19 @@ import signal
 import sys
 import textwrap
 
+
+def _interrupted_while_starting(signum, frame):
+  del signum, frame
+  print('interrupted (Ctrl-C) while starting; nothing was run', flush=True)
+  os._exit(128 + signal.SIGINT)
+
+
+if __name__ == '__main__' and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+  # Importing JAX takes seconds. Ctrl-C in them would print the import's traceback, or be
+  # lost in one of JAX's garbage-collector callbacks; nothing is written before main(),
+  # which restores Python's handler.
+  signal.signal(signal.SIGINT, _interrupted_while_starting)
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -146,6 +159,18 @@ def usage(full: bool = False) -> str:
           f'(--helpfull lists every flag):\n{flag_help}\n')
 
 
+def _override_named(error: Exception, args: list[str]) -> str:
+  """' --config.a.b=v' for the one override whose field the error quotes, else ''.
+
+  ml_collections names only the field ('stepz'), which is ambiguous among several
+  overrides.
+  """
+  text = one_line(error)
+  named = [a for a in args if a.startswith('--config.')
+           and any(f"'{part}'" in text for part in a.split('=', 1)[0].split('.')[1:])]
+  return f' {named[0]}' if len(named) == 1 else ''
+
+
 def parse_flags(argv):
   """absl's flag parsing, with --help on stdout (status 0) and a bad flag, config file or
   config override reported in one line (status 2)."""
@@ -160,7 +185,7 @@ def parse_flags(argv):
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these for an unknown config field or a value of the wrong
     # type, e.g. --config.train.stepz=5.
-    fail(EXIT_USAGE, f'bad config override: {one_line(e)}')
+    fail(EXIT_USAGE, f'bad config override{_override_named(e, args)}: {one_line(e)}')
   try:
     FLAGS.config.get('task')  # ml_collections defers a file it could not load to here
   except OSError as e:
@@ -173,6 +198,8 @@ def parse_flags(argv):
 
 
 def main(argv):
+  if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
@@ -192,7 +219,7 @@ def main(argv):
       raise
     print('interrupted (Ctrl-C); the newest complete checkpoint is intact. Run the same '
           'command again to resume.', flush=True)
-    sys.exit(EXIT_INTERRUPTED)
+    loop.exit_interrupted(EXIT_INTERRUPTED)
   except USAGE_ERRORS + RUN_ERRORS as e:
     if FLAGS.traceback:
       raise

@@ -4,9 +4,10 @@ r"""Run a shared model (`cgml_jax.export`) on your own images: K outputs per inp
   python -m experiments.sample --model=inpainter --input=face.png --mask=hole.png --out=out/
   python -m experiments.sample --model=inpainter --input=faces/ --mask=center --out=out/
 
-For each input image NAME it writes NAME_sample{k}.png (k = 0..K-1) and NAME_grid.png
-(input | K outputs), both at the input's own resolution, and grid.png with every input as
-a row at the model's side.
+For each input image NAME it writes NAME_sample{k}.png (k = 0..K-1) at the input's own
+resolution and NAME_grid.png (input | K outputs, labelled with the method and k; at the
+input's resolution, enlarged by pixel repetition only below about 96 px), and grid.png
+with every input as a row at the model's side, labelled the same way.
 
   colorization  grey or colour photos; the network sees their lightness L at its side, and
                 the predicted ab is upsampled (bicubic) to the input's size and joined
@@ -25,7 +26,8 @@ refused (it would have to be upscaled). Files are read by `cgml_jax.data.images.
 
 Exit status: 0 when every input was written; 1 when some inputs could not be read (each
 is reported in one line and skipped; the others are written); 2 for a bad command (a
-missing model or input folder, a bad mask or flag).
+missing model or input folder, a bad mask, a bad or missing flag); 130 after Ctrl-C
+(one line; the outputs written before it stay). --help prints this text (status 0).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', None, 'Directory written by cgml_jax.export.export.')
@@ -52,6 +54,7 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.
 TASKS = ('colorize', 'colour_modes', 'complete', 'translate')
 EXIT_SOME_FAILED = 1  # some inputs were skipped (each reported); the rest are written
 EXIT_BAD_COMMAND = 2  # nothing was run: a bad flag, model, input folder or mask
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): the outputs written before it stay
 
 
 class SampleError(ValueError):
@@ -164,38 +167,31 @@ def _prepare(path: str, model, mask_spec: str, rng, log) -> _Input:
                 make_input(task, rgb, config, mask_full))
 
 
-def _row(cells: list[np.ndarray], pad: int = 2) -> np.ndarray:
-  """uint8 (H, W, 3) cells of one size side by side on white, `pad` px apart."""
-  h, w = cells[0].shape[:2]
-  out = np.full((h + 2 * pad, len(cells) * (w + pad) + pad, 3), 255, np.uint8)
-  for j, c in enumerate(cells):
-    out[pad:pad + h, pad + j * (w + pad):pad + j * (w + pad) + w] = c
-  return out
-
-
-def _write_full_resolution(inp: _Input, y: np.ndarray, task, out_dir: str) -> list[str]:
+def _write_full_resolution(inp: _Input, y: np.ndarray, task, method: str,
+                           out_dir: str) -> list[str]:
   """NAME_sample{k}.png and NAME_grid.png at the input's size, from outputs y (K, S, S, C).
 
   Each output is upsampled (bicubic) to the input's size and shown with the
-  full-resolution input by the task's `to_image` (colorization: the input's own L).
+  full-resolution input by the task's `to_image` (colorization: the input's own L). The
+  grid is labelled; its cells are the input's pixels, repeated only when the input is
+  narrower than `viz.CELL_PX` so that the labels fit over a cell.
   """
   import jax
   import jax.numpy as jnp
-  from PIL import Image
 
   from cgml_jax.tasks import viz
   stem = os.path.splitext(os.path.basename(inp.path))[0]
   h, w = inp.x_full.shape[:2]
   x = jnp.asarray(inp.x_full)[None]
-  cells = [viz.to_uint8(np.asarray(task.input_image(x))[0])]
-  written = []
+  outputs, written = [], []
   for k, y_k in enumerate(y):
     y_up = jax.image.resize(jnp.asarray(y_k), (h, w, y_k.shape[-1]), 'cubic')
-    cells.append(viz.to_uint8(np.asarray(task.to_image(x, y_up[None]))[0]))
+    outputs.append(np.asarray(task.to_image(x, y_up[None]))[0])
     written.append(os.path.join(out_dir, f'{stem}_sample{k}.png'))
-    Image.fromarray(cells[-1]).save(written[-1])
+    viz.save_png(written[-1], viz.to_uint8(outputs[-1]))
   written.append(os.path.join(out_dir, f'{stem}_grid.png'))
-  Image.fromarray(_row(cells)).save(written[-1])
+  shown = np.asarray(task.input_image(x))
+  viz.save_png(written[-1], viz.samples_grid(shown, None, {method: np.stack(outputs)[None]}))
   return written
 
 
@@ -229,7 +225,7 @@ def run(model_dir: str, input_path: str, out_dir: str, num_samples: int, mask: s
   os.makedirs(out_dir, exist_ok=True)
   result = Result([], [], len(files))
   warn = warn or log
-  rows = []  # (shown input, K outputs) at the model's side, for grid.png
+  shown_all, outputs_all = [], []  # inputs as shown and K outputs at S, for grid.png
   to_image, input_image = jax.jit(task.to_image), jax.jit(task.input_image)
   key = jax.random.key(seed)
   for start in range(0, len(files), batch_size):
@@ -252,32 +248,68 @@ def run(model_dir: str, input_path: str, out_dir: str, num_samples: int, mask: s
     small = np.asarray(to_image(np.repeat(x, k, axis=0), y.reshape((b * k,) + y.shape[2:])))
     shown = np.asarray(input_image(x))
     for i, inp in enumerate(batch):
-      result.written += _write_full_resolution(inp, y[i], task, out_dir)
-      rows.append([shown[i]] + list(small[i * k:(i + 1) * k]))
-  if rows:
+      result.written += _write_full_resolution(inp, y[i], task, model.method, out_dir)
+      shown_all.append(shown[i])
+      outputs_all.append(small[i * k:(i + 1) * k])
+  if shown_all:
     result.written.append(os.path.join(out_dir, 'grid.png'))
-    viz.save_png(result.written[-1], viz.grid(rows), scale=scale or max(1, 96 // size))
-  log(f'[sample] {len(rows)} of {len(files)} inputs x {num_samples} samples ({model.method}, '
+    viz.save_png(result.written[-1], viz.samples_grid(
+        np.stack(shown_all), None, {model.method: np.stack(outputs_all)}, scale=scale or None))
+  log(f'[sample] {len(shown_all)} of {len(files)} inputs x {num_samples} samples ({model.method}, '
       f'{model.task}) -> {out_dir}' + (f'; {len(result.failed)} skipped' if result.failed
                                         else ''))
   return result
 
 
-def main(argv):
+HELP_FLAGS = ('-h', '-help', '--help', '-?', '--helpshort', '--helpfull')
+
+
+def _bad_command(message: str):
+  print(f'error: {message} (see --help)', file=sys.stderr, flush=True)
+  sys.exit(EXIT_BAD_COMMAND)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with --help on stdout (status 0) and a bad or missing flag or a
+  stray argument in one line (status 2), like the other commands."""
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    flag_help = FLAGS.get_help() if '--helpfull' in argv else FLAGS.main_module_help()
+    print(f'{__doc__.strip()}\n\nFlags:\n{flag_help}', flush=True)
+    sys.exit(0)
+  try:
+    argv = FLAGS(argv)
+  except flags.Error as e:
+    _bad_command(' '.join(str(e).split()))
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    _bad_command(f'unexpected arguments {argv[1:]}; flags are written --name=value')
+  return argv
+
+
+def main(argv):
+  del argv  # parse_flags refused any argument that is not a flag
+  if not FLAGS['verbosity'].present:
+    # JAX logs its backend probe (e.g. a missing libtpu) at INFO; stderr keeps only the
+    # lines about the inputs. --verbosity=0 shows the INFO lines again.
+    logging.set_verbosity(logging.WARNING)
   from cgml_jax.export import ExportError
   try:
     result = run(FLAGS.model, FLAGS.input, FLAGS.out, FLAGS.num_samples, FLAGS.mask,
                  FLAGS.seed, FLAGS.batch_size, FLAGS.scale,
                  warn=lambda line: print(line, file=sys.stderr))
+  except KeyboardInterrupt:
+    print(f'interrupted (Ctrl-C); the outputs written so far are in {FLAGS.out}',
+          file=sys.stderr)
+    from cgml_jax.training import loop
+    loop.exit_interrupted(EXIT_INTERRUPTED)
   except (SampleError, ExportError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_BAD_COMMAND)
   if result.failed:
+    rest = ('the others are written' if len(result.failed) < result.num_inputs
+            else 'nothing was written')
     print(f'error: {len(result.failed)} of {result.num_inputs} inputs skipped (each named '
-          'above); the others are written', file=sys.stderr)
+          f'above); {rest}', file=sys.stderr)
     sys.exit(EXIT_SOME_FAILED)
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -217,6 +217,43 @@ def test_second_ctrl_c_aborts_at_once(tmp_path):
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+_CTRL_C_IN_COMPILE = """
+import atexit, os, signal, sys, threading, traceback
+import jax, jax.numpy as jnp
+from cgml_jax.training import loop
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+atexit.register(lambda: print('exit handlers ran', flush=True))
+def f(x):
+  for i in range(4000):  # a graph that takes XLA a few seconds to compile
+    x = jnp.sin(x) * 1.0001 + i
+  return x
+lowered = jax.jit(f).lower(1.0)
+threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+  lowered.compile()
+  print('compiled first', flush=True)
+except KeyboardInterrupt:
+  print('interrupted in', traceback.extract_tb(sys.exc_info()[2])[-1].name, flush=True)
+  loop.exit_interrupted(130)
+"""
+
+
+def test_exit_after_ctrl_c_during_compilation_is_clean():
+  """Ctrl-C that lands in an XLA compilation: plain `sys.exit` then crashes in the
+  interpreter's teardown (SIGSEGV); `exit_interrupted` ends with the given status, after
+  the exit handlers."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  p = subprocess.run([sys.executable, '-c', _CTRL_C_IN_COMPILE], cwd=root,
+                     capture_output=True, text=True, timeout=300)
+  if 'compiled first' in p.stdout:
+    pytest.skip('the compilation finished before the signal')
+  assert 'interrupted in' in p.stdout, p.stdout + p.stderr
+  assert p.returncode == 130, p.stdout + p.stderr
+  assert 'Fatal Python error' not in p.stderr and 'exit handlers ran' in p.stdout
+
+
 def test_training_time_is_kept_in_the_checkpoint(tmp_path):
   d = str(tmp_path / 'ck')
   first = {}

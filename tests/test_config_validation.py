@@ -4,6 +4,7 @@ import importlib
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
@@ -153,6 +154,19 @@ def test_missing_data_and_a_batch_larger_than_the_files_are_refused_before_the_w
   msg = str(e.value)
   assert '\n' not in msg and 'mnist/mnist_train.npz' in msg and str(tmp_path / 'no_data') in msg
   assert '$CGML_DATA_DIR' in msg and '--config.data.data_dir' in msg
+  assert '(in the data folder of config.data.data_dir)' in msg
+  assert not workdir.exists()
+  # The message says where the folder it looked in came from.
+  config.data.data_dir = ''
+  with mock.patch.dict(os.environ, {sources.ENV_VAR: str(tmp_path / 'env_data')}):
+    with pytest.raises(sources.DataNotFoundError, match=r'in the data folder of \$CGML_DATA_DIR'):
+      train.train_and_evaluate(config, str(workdir))
+  with mock.patch.dict(os.environ):
+    os.environ.pop(sources.ENV_VAR, None)
+    if not (sources.resolve_data_dir(must_exist=False) / 'mnist' / 'mnist_train.npz').exists():
+      with pytest.raises(sources.DataNotFoundError,
+                         match=r'in the default data folder, as neither \$CGML_DATA_DIR nor'):
+        train.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
   data_dir = sources.resolve_data_dir(must_exist=False)
   if not (data_dir / 'mnist' / 'mnist_train.npz').exists():

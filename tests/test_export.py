@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cgml_jax import export
-from cgml_jax.tasks import colorize, image
+from cgml_jax.tasks import colorize, image, viz
 from cgml_jax.tasks import methods as methods_lib
 from cgml_jax.training import workdir as workdir_lib
 from experiments import colorize as colorize_config
@@ -82,6 +82,13 @@ def test_sample_command_on_a_folder(run, tmp_path):
   out = np.asarray(Image.open(tmp_path / 'out' / 'colour_sample0.png'))
   assert out.shape == (16, 16, 3)
   assert np.asarray(Image.open(tmp_path / 'out' / 'grey_sample2.png')).shape == (24, 20, 3)
+  # grid.png: one row per input at the model's side under a header (input, the method,
+  # k = 1..3), enlarged to about viz.CELL_PX a cell; the single samples are bare.
+  grid = np.asarray(Image.open(tmp_path / 'out' / 'grid.png'))
+  size, scale = config.data.image_size, viz.legible_scale(config.data.image_size)
+  bare = (2 * (size + 2) + 2, 4 * (size + 2) + 2)
+  assert grid.shape[1] == scale * bare[1] and grid.shape[0] > scale * bare[0]
+  assert (grid[:grid.shape[0] - scale * bare[0]] < 128).any()
 
 
 def _bad_and_good_folder(folder, size: int, good: int = 5):
@@ -139,10 +146,32 @@ def test_sample_cli_exit_status(run, tmp_path):
   skipped = [l for l in p.stderr.splitlines() if l.startswith('[sample] skipped')]
   assert len(skipped) == len(bad)
   assert f'{len(bad)} of {len(bad) + 2} inputs skipped' in p.stderr
+  # stderr holds only those lines and the summary (no INFO log of JAX's backend probe).
+  assert len(p.stderr.strip().splitlines()) == len(bad) + 1, p.stderr
   assert 'good1_sample1.png' in os.listdir(tmp_path / 'out')
   p = cli(f'--input={tmp_path / "nowhere"}', f'--out={tmp_path / "out2"}')
   assert p.returncode == sample_cmd.EXIT_BAD_COMMAND and 'Traceback' not in p.stderr
   assert p.stderr.strip().splitlines()[-1].startswith('error: --input')
+  # A missing or unknown flag, a stray argument, a training workdir for --model: one line,
+  # status 2; --help: status 0.
+  wd = run[1]
+  for args, says in ([f'--input={tmp_path / "photos"}'], '--out'), (
+      [f'--input={tmp_path / "photos"}', '--out=o', '--num_sample=2'], 'num_sample'), (
+      [f'--input={tmp_path / "photos"}', '--out=o', 'extra'], 'extra'):
+    p = cli(*args)
+    assert p.returncode == sample_cmd.EXIT_BAD_COMMAND, p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and says in p.stderr, p.stderr
+  p = subprocess.run([sys.executable, '-m', 'experiments.sample', f'--model={wd}',
+                      f'--input={tmp_path / "photos"}', f'--out={tmp_path / "o"}'], cwd=root,
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == sample_cmd.EXIT_BAD_COMMAND, p.stderr
+  assert p.stderr.strip().startswith('error: ') and 'export it first' in p.stderr, p.stderr
+  assert '\n' not in p.stderr.strip()
+  p = cli(f'--input={tmp_path / "photos" / "empty.png"}', f'--out={tmp_path / "o"}')
+  assert p.returncode == sample_cmd.EXIT_SOME_FAILED
+  assert p.stderr.strip().splitlines()[-1].endswith('nothing was written'), p.stderr
+  p = cli('--help')
+  assert p.returncode == 0 and 'Exit status' in p.stdout and '--num_samples' in p.stdout
 
 
 def test_colorization_keeps_the_full_resolution_lightness(run, tmp_path):
@@ -163,8 +192,15 @@ def test_colorization_keeps_the_full_resolution_lightness(run, tmp_path):
   # Equal up to 8-bit rounding and the sRGB gamut clip of strongly coloured pixels; the
   # high-frequency stripes of the blue channel would be lost at the model's 16 px.
   assert np.median(np.abs(l_out - l_in)) < 1.0
+  # The grid: a header over input | k = 1 | k = 2, whose cells are the input's pixels
+  # (repeated for a narrow input so the labels fit) and exactly the sample files.
   grid = np.asarray(Image.open(tmp_path / 'out' / 'photo_grid.png'))
-  assert grid.shape[0] == h + 4 and grid.shape[1] == 3 * (w + 2) + 2
+  s = viz.legible_scale(w)
+  cells = grid[-s * (h + 4):]
+  assert s > 1 and grid.shape[1] == s * (3 * (w + 2) + 2) and grid.shape[0] > len(cells)
+  left = s * (2 + 2 * (w + 2))
+  np.testing.assert_array_equal(cells[2 * s:(2 + h) * s:s, left:left + w * s:s], out)
+  assert (grid[:-len(cells)] < 128).any()  # text in the header
 
 
 def test_readme_colorize_run_exports_and_samples(tmp_path):
@@ -231,3 +267,23 @@ def test_sample_command_completion_masks(tmp_path):
     scale = got.shape[0] // s
     want = np.asarray(Image.open(tmp_path / 'face.png')).astype(int)
     assert np.abs(got[::scale, ::scale][0, 0] - want[0, 0]).max() <= 1
+
+
+def test_sample_cli_ctrl_c_is_one_line(tmp_path):
+  """Ctrl-C while sampling: one line naming where the outputs are, status 130."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = ('import sys\n'
+            'from absl import app\n'
+            'from experiments import sample\n'
+            'def interrupted(*args, **kwargs):\n'
+            '  raise KeyboardInterrupt\n'
+            'sample.run = interrupted\n'
+            'app.run(sample.main)\n')
+  p = subprocess.run([sys.executable, '-c', script, '--model=m', '--input=i',
+                      f'--out={tmp_path}'], cwd=root, capture_output=True, text=True,
+                     timeout=120)
+  assert p.returncode == sample_cmd.EXIT_INTERRUPTED, p.stderr
+  assert p.stderr.strip().splitlines() == [
+      f'interrupted (Ctrl-C); the outputs written so far are in {tmp_path}']

@@ -82,6 +82,10 @@ def test_launcher_rejects_unknown_config_key(tmp_path):
   p = run('--config=experiments/toy.py:smoke', f'--workdir={tmp_path}',
           '--config.train.stepz=5')
   assert 'stepz' in one_error_line(p)
+  # The line names the override, among several, whose field does not exist.
+  p = run('--config=experiments/toy.py:smoke', f'--workdir={tmp_path}/run',
+          '--config.train.steps=5', '--config.trian.lr=0.1')
+  assert one_error_line(p).startswith('error: bad config override --config.trian.lr=0.1: ')
   assert not os.path.exists(tmp_path / 'metrics.json')
 
 
@@ -141,6 +145,27 @@ def test_missing_data_is_one_line_and_the_suggested_fix_works_on_the_same_workdi
                      env=fast_compile_env(**{sources.ENV_VAR: str(tmp_path / 'no_data')}))
   assert p.returncode == 0, p.stderr[-3000:]
   assert os.path.exists(tmp_path / 'run' / 'metrics.json')
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+  """Ctrl-C in the first second (importing JAX): one line, status 130, no traceback and
+  nothing written (or, on a machine that imports faster, the line of an interrupted run)."""
+  import signal
+  import time
+  p = subprocess.Popen([sys.executable, '-m', 'experiments.run',
+                        '--config=experiments/toy.py:smoke', f'--workdir={tmp_path}/run'],
+                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=fast_compile_env(),
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  time.sleep(1.0)
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 130, out + err
+  assert 'Traceback' not in err and 'Exception ignored' not in err, err
+  assert out.strip().splitlines()[-1].startswith('interrupted (Ctrl-C)'), out
+  if 'while starting' in out:
+    assert out.strip() == 'interrupted (Ctrl-C) while starting; nothing was run'
+    assert not os.path.exists(tmp_path / 'run')
 
 
 def test_nan_stops_training_naming_the_step():

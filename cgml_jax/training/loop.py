@@ -14,9 +14,11 @@ device count).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import math
+import os
 import signal
 import sys
 import threading
@@ -97,6 +99,22 @@ class Progress:
     eta = (self.total - step) / rate if rate > 0 else float('inf')
     self._print(f'step {step}/{self.total} {parts} | {rate:.1f} steps/s '
                 f'ETA {format_eta(eta)}')
+
+
+def exit_interrupted(status: int):
+  """Ends the process after a handled Ctrl-C, skipping the interpreter's teardown.
+
+  After a KeyboardInterrupt that lands while XLA compiles, JAX crashes in the teardown
+  of the interpreter (SIGSEGV: status 139 and a "Fatal Python error" after the command's
+  one line). The exit handlers (the workdir lock's release, logging) still run, and
+  stdout and stderr are flushed; then the process ends with `status`.
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  atexit._run_exitfuncs()  # pylint: disable=protected-access
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def _all_finite(tree) -> jax.Array:
