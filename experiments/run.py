@@ -109,7 +109,7 @@ def fail(status: int, message: str):
 def config_variants(path: str) -> list[str]:
   """The variants `get_config` of the config file at `path` accepts, read from its
   `configs.parse_arg(arg, name=default, ...)` call without running it: a bool default
-  is a bare name, anything else `name=<default>`."""
+  is a bare name, an empty string `name=NAME`, anything else `name=<default>`."""
   with open(path) as f:
     tree = ast.parse(f.read())
   for fn in tree.body:
@@ -121,7 +121,8 @@ def config_variants(path: str) -> list[str]:
           out = []
           for kw in node.keywords:
             default = ast.literal_eval(kw.value) if isinstance(kw.value, ast.Constant) else '?'
-            out.append(kw.arg if isinstance(default, bool) else f'{kw.arg}={default!r}')
+            out.append(kw.arg if isinstance(default, bool) else
+                       f'{kw.arg}=NAME' if default == '' else f'{kw.arg}={default!r}')
           return out
   return []
 

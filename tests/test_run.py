@@ -103,7 +103,7 @@ def test_help_lists_every_config_and_its_variants():
   configs = {l.split()[0]: l.split(None, 1)[1] for l in p.stdout.splitlines()
              if l.startswith('  experiments/')}
   assert configs['experiments/toy.py'] == 'paper, best, smoke'
-  assert configs['experiments/colour_modes.py'] == 'smoke, mnist, best, paper'
+  assert configs['experiments/colour_modes.py'] == 'smoke, mnist, best, paper, variant=NAME'
   assert 'experiments/run.py' not in configs and len(configs) >= 10
   assert '--workdir' in p.stdout and '143' in p.stdout and '130' in p.stdout
 
