@@ -286,6 +286,9 @@ class Hyper:
       this is redrawn from a new z_0, up to `redraw_rounds` times: Z is trained towards
       rest (small rho) at the modes, so a large final rho_hat marks a phantom.
     redraw_rounds: how many times `sample` redraws the high-rho_hat samples.
+    redraw_quantile: inference only (0: off); in (0, 1) it replaces `redraw_rho` by this
+      quantile of the rho_hat of all the samples of the call (a scale-free threshold:
+      0.5 redraws the half of the samples furthest from rest).
     z_loss: Z's L1 of step 3, 'split' (mean over r_hat plus mean over rho, the default:
       measured on the toy, docs/toy.md) or 'joint' (one mean over the (n + 1)-vector
       (z', rho) as the paper writes it); see `latent_loss`.
@@ -311,6 +314,7 @@ class Hyper:
   latent_target: str = 'next'
   redraw_rho: float = 0.0
   redraw_rounds: int = 0
+  redraw_quantile: float = 0.0
   z_loss: str = 'split'
   flow_init: str = 'same'
 
@@ -346,6 +350,8 @@ class Hyper:
                        f'got {self.latent_target!r}')
     if self.z_loss not in Z_LOSSES:
       raise ValueError(f'z_loss must be one of {Z_LOSSES}, got {self.z_loss!r}')
+    if not 0 <= self.redraw_quantile < 1:
+      raise ValueError(f'redraw_quantile must be in [0, 1), got {self.redraw_quantile}')
     if self.redraw_rho < 0 or self.redraw_rounds < 0:
       raise ValueError(f'redraw_rho and redraw_rounds must be >= 0, got {self.redraw_rho}, '
                        f'{self.redraw_rounds}')
@@ -899,7 +905,8 @@ def traverse(state: CGMLState, x: jax.Array, z0: jax.Array, num_steps: int,
 
 def redraw_high_rho(state: CGMLState, h: PyTree, z: jax.Array, key: jax.Array,
                     num_steps: int) -> jax.Array:
-  r"""Phantom filter (not in the paper, off unless `hp.redraw_rho` > 0): Z is fitted to
+  r"""Phantom filter (not in the paper, off unless `hp.redraw_rho` or `hp.redraw_quantile`
+  is > 0, with `hp.redraw_rounds` > 0): Z is fitted to
   rho = alpha * ||z' - z||, which is small where z rests on a mode, so a final latent with
   a large rho_hat has not come to rest. Such latents are redrawn from new random z_0 and
   traversed again; the new one is kept if its rho_hat is lower. `hp.redraw_rounds` times.
@@ -915,14 +922,16 @@ def redraw_high_rho(state: CGMLState, h: PyTree, z: jax.Array, key: jax.Array,
     (B, n) latents: z with its high-rho_hat rows replaced where a redraw did better.
   """
   hp = state.hp
-  if hp.redraw_rho <= 0 or hp.redraw_rounds == 0:
+  if (hp.redraw_rho <= 0 and hp.redraw_quantile <= 0) or hp.redraw_rounds == 0:
     return z
   rho_hat = latent_field(state, z, h)[1]
+  threshold = (jnp.quantile(rho_hat, hp.redraw_quantile) if hp.redraw_quantile > 0
+               else hp.redraw_rho)
   for r in range(hp.redraw_rounds):
     z_new = traverse_latent(state, h, sample_sphere(jax.random.fold_in(key, r + 1), z.shape),
                             num_steps)
     rho_new = latent_field(state, z_new, h)[1]
-    swap = (rho_hat > hp.redraw_rho) & (rho_new < rho_hat)
+    swap = (rho_hat > threshold) & (rho_new < rho_hat)
     z = jnp.where(swap[:, None], z_new, z)
     rho_hat = jnp.where(swap, rho_new, rho_hat)
   return z

@@ -102,6 +102,8 @@ def base(task: str, methods: tuple[str, ...] = ('l1', 'cgml')) -> ml_collections
   c.latent.target = 'next'     # Z fitted to the next z ('next') or the descent's 'end'
   c.latent.redraw_rho = 0.0    # inference: redraw samples whose final rho_hat > this (0 off)
   c.latent.redraw_rounds = 0   # ... this many times
+  c.latent.redraw_quantile = 0.0  # inference: instead of redraw_rho, this quantile of the
+                                  # samples' rho_hat (0 off)
   # Z's path ('same': z's own, Algorithm 1), or 'nearest' (with init 'balanced'): the
   # path from each example's best of the batch's points (cgml.Hyper.flow_init).
   c.latent.flow_init = 'same'
@@ -336,6 +338,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _num(config, 'latent.redraw_rho', 0.0, lo_open=False)
   _int(config, 'latent.redraw_rounds', 0)
   _choice(config, 'latent.flow_init', cgml.FLOW_INITS)
+  _num(config, 'latent.redraw_quantile', 0.0, 0.999, lo_open=False)
 
   # Data. The global batch is split over every device of the data mesh.
   _int(config, 'data.batch_size', 1)

@@ -17,10 +17,12 @@ to `results/modes_suite/<preset>/<variant>/seed<k>.json`, unless it ran from a t
 uncommitted changes (--allow_dirty copies it anyway). The tables of
 docs/multimodality.md come from these files (`python -m experiments.report`).
 
-With --read_out_T0, every finished cGML run is evaluated once more at T = 0, as
-G(h, z_0) without Eq. 4, from a copy of its checkpoints (`<preset>_T0` in the tables): the
-share of the sphere that G itself gives each mode, against which the Eq. 4 row shows what
-the flow of Z does to the shares.
+With --read_outs, every finished cGML run is evaluated again from a copy of its
+checkpoints, once per named read-out of `READ_OUTS` (`<preset>_<read-out>` in the
+tables): 'T0' is G(h, z_0) without Eq. 4, the share of the sphere that G itself gives each
+mode, against which the Eq. 4 row shows what the flow of Z does to the shares;
+'T0_redraw' is the same with the half of the samples with the largest rho_hat (furthest
+from rest, by Z's own estimate) redrawn from new z_0, twice (`latent.redraw_quantile`).
 """
 
 import os
@@ -58,6 +60,10 @@ def _cimle(c):
   return c
 
 
+# Read-outs of a trained cGML model: name -> latent fields set for the evaluation.
+READ_OUTS = {'T0': {'traverse_steps': 0},
+             'T0_redraw': {'traverse_steps': 0, 'redraw_quantile': 0.5, 'redraw_rounds': 2}}
+
 # name -> (config edit, method trained). The config is colour_modes.get_config(variant),
 # or hue_modes.get_config(NAME) for a variant 'hue:NAME'.
 PRESETS = {'default': (_default, 'cgml'), 'paper': (_paper, 'cgml'),
@@ -73,7 +79,8 @@ flags.DEFINE_string('workroot', 'runs/suite', 'Where the run directories go.')
 flags.DEFINE_string('results', None, 'Results directory (default: <repository>/results).')
 flags.DEFINE_bool('allow_dirty', False, 'Copy results of runs from a modified tree too.')
 flags.DEFINE_bool('smoke', False, 'Tiny runs (the configs\' smoke variants), for tests.')
-flags.DEFINE_bool('read_out_T0', False, 'Also evaluate each cGML run at T = 0 (G at z_0).')
+flags.DEFINE_string('read_outs', '', 'Comma-separated names of READ_OUTS: also evaluate '
+                    'each cGML run so (e.g. T0: G at z_0 without Eq. 4).')
 
 
 HUE = 'hue:'  # prefix of the hue-mode variants
@@ -121,6 +128,7 @@ def main(argv):
   variants = _names(FLAGS.variants, VARIANTS, 'variants',
                     {'all': list(colour_modes.SUITE), 'hue': [HUE + n for n in hue_modes.SUITE]})
   presets = _names(FLAGS.presets, PRESETS, 'presets')
+  read_outs = _names(FLAGS.read_outs, READ_OUTS, 'read-outs') if FLAGS.read_outs else []
   for seed in parse_seeds(FLAGS.seeds):
     for variant in variants:
       for preset in presets:
@@ -134,17 +142,24 @@ def main(argv):
             print(e, flush=True)
             sys.exit(143)
         _keep(path, root, name, seed)
-        if FLAGS.read_out_T0 and PRESETS[preset][1] == 'cgml':
-          t0 = os.path.join(FLAGS.workroot, f'{preset}_T0', _dir(variant), f'seed{seed}')
-          if not os.path.exists(os.path.join(t0, 'metrics.json')):
-            shutil.rmtree(t0, ignore_errors=True)
-            shutil.copytree(os.path.join(workdir, 'checkpoints'),
-                            os.path.join(t0, 'checkpoints'))
-            c = config_of(preset, variant, seed, FLAGS.smoke)
-            c.latent.traverse_steps = 0
-            c.checkpoint.allow_config_mismatch = True
-            train.train_and_evaluate(c, t0)
-          _keep(os.path.join(t0, 'metrics.json'), root, f'{preset}_T0/{_dir(variant)}', seed)
+        if PRESETS[preset][1] == 'cgml':
+          for read_out in read_outs:
+            _read_out(preset, variant, seed, workdir, read_out, root)
+
+
+def _read_out(preset: str, variant: str, seed: int, workdir: str, read_out: str, root: str):
+  """Evaluates a trained cGML run again with the latent fields of READ_OUTS[read_out]."""
+  name = f'{preset}_{read_out}/{_dir(variant)}'
+  out = os.path.join(FLAGS.workroot, name, f'seed{seed}')
+  if not os.path.exists(os.path.join(out, 'metrics.json')):
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(os.path.join(workdir, 'checkpoints'), os.path.join(out, 'checkpoints'))
+    c = config_of(preset, variant, seed, FLAGS.smoke)
+    for k, v in READ_OUTS[read_out].items():
+      c.latent[k] = v
+    c.checkpoint.allow_config_mismatch = True
+    train.train_and_evaluate(c, out)
+  _keep(os.path.join(out, 'metrics.json'), root, name, seed)
 
 
 def _keep(path: str, root: str, name: str, seed: int):

@@ -148,3 +148,22 @@ def test_redraw_replaces_only_high_rho_samples_and_only_by_lower_ones():
   assert np.any(rho2[~low] < rho[~low])                       # some high ones replaced
   # Off by default: the paper's samples, untouched.
   np.testing.assert_array_equal(cgml.redraw_high_rho(state, h, z, key, 4), z)
+
+
+def test_redraw_quantile_redraws_only_the_samples_above_it():
+  b = batch()
+  state = make_state()
+  h = cgml.encode(state, b['x'][:32])
+  key = jax.random.key(6)
+  z = cgml.sample_sphere(key, (32, 3))
+  rho = np.asarray(cgml.latent_field(state, z, h)[1])
+  on = state.replace(hp=cgml.Hyper(**{**state.hp.__dict__, 'redraw_quantile': 0.5,
+                                      'redraw_rounds': 2}))
+  z2 = np.asarray(cgml.redraw_high_rho(on, h, z, key, 0))   # T = 0: redraw z_0 itself
+  rho2 = np.asarray(cgml.latent_field(on, z2, h)[1])
+  low = rho <= np.quantile(rho, 0.5)
+  np.testing.assert_array_equal(z2[low], np.asarray(z)[low])
+  assert np.all(rho2 <= rho + 1e-6) and np.any(rho2[~low] < rho[~low])
+  with pytest.raises(ValueError, match='redraw_quantile'):
+    cgml.Hyper(z_dim=3, redraw_quantile=1.0)
+

@@ -55,16 +55,18 @@ def test_suite_runs_copies_results_and_reads_out_t0(tmp_path):
   results = tmp_path / 'results'
   cmd = [sys.executable, '-m', 'experiments.suite', '--smoke', '--seeds=0', '--variants=rgb3',
          '--presets=default,cimle', f'--workroot={tmp_path / "runs"}', f'--results={results}',
-         '--allow_dirty', '--read_out_T0']
+         '--allow_dirty', '--read_outs=T0,T0_redraw']
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-2000:]
   root = results / 'modes_suite'
-  for name in ('default/rgb3', 'default_T0/rgb3', 'cimle/rgb3'):
+  for name in ('default/rgb3', 'default_T0/rgb3', 'default_T0_redraw/rgb3', 'cimle/rgb3'):
     m = json.loads((root / name / 'seed0.json').read_text())
     r = next(iter(m['task_metrics'].values()))
     assert 0 <= r['coverage'] <= r['ideal_coverage'] + 1e-9 or r['coverage_ratio'] >= 0
   t0 = json.loads((root / 'default_T0/rgb3/seed0.json').read_text())
   assert t0['traverse_steps'] == 0
+  redraw = json.loads((root / 'default_T0_redraw/rgb3/seed0.json').read_text())
+  assert redraw['provenance']['config']['latent']['redraw_quantile'] == 0.5
   table = report.suite_table(report.select(report.load(str(results)), 'modes_suite/*/*'))
   assert '| rgb3 |' in table and 'default_T0' in table and 'cimle' in table
   bad = subprocess.run(cmd[:3] + ['--variants=nope'], cwd=REPO, capture_output=True,

@@ -101,7 +101,7 @@ def hyper(config: ml_collections.ConfigDict, method: str = 'cgml') -> cgml.Hyper
       step_size_decay=lat.step_size_decay, unroll=resolve_unroll(t.unroll),
       init_candidates=lat.init_candidates, latent_target=lat.target,
       redraw_rho=lat.redraw_rho, redraw_rounds=lat.redraw_rounds, z_loss=lat.z_loss,
-      flow_init=lat.flow_init)
+      flow_init=lat.flow_init, redraw_quantile=lat.redraw_quantile)
 
 
 @dataclasses.dataclass
