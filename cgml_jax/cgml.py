@@ -491,10 +491,22 @@ def _per_example_errors(errors: jax.Array, z: jax.Array) -> jax.Array:
   return errors
 
 
-def _frozen_error_fn(state: CGMLState, batch: dict) -> Callable[[jax.Array], jax.Array]:
-  """z (B, n) -> E (B,) of G(H(x), z) at the state's parameters, nothing updated."""
-  h = encode(state, batch['x'])
-  return lambda z: _per_example_errors(state.loss_fn(generate(state, h, z), batch), z)
+def _frozen_error_fn(state: CGMLState, batch: dict, h: PyTree | None = None,
+                     params: PyTree | None = None,
+                     stats: PyTree | None = None) -> Callable[[jax.Array], jax.Array]:
+  """z (B, n) -> E (B,) of G(h, z) against `batch`, nothing updated: by default at the
+  state's parameters with h = H(batch['x'])."""
+  params = state.params if params is None else params
+  stats = state.stats if stats is None else stats
+  if h is None:
+    h = apply_module(state.encoder, params['encoder'], stats['encoder'], batch['x'],
+                     train=False)[0]
+
+  def error_fn(z):
+    y_hat = apply_module(state.generator, params['generator'], stats['generator'], h, z,
+                         train=False)[0]
+    return _per_example_errors(state.loss_fn(y_hat, batch), z)
+  return error_fn
 
 
 def best_of_candidates(error_fn: Callable[[jax.Array], jax.Array],
@@ -579,16 +591,6 @@ def initial_latents(state: CGMLState, batch: dict,
   candidates = sample_sphere(key, (hp.init_candidates, b, hp.z_dim))
   return jax.lax.stop_gradient(
       best_of_candidates(_frozen_error_fn(state, batch), candidates)), None
-
-
-def _error_fn_at(state: CGMLState, params: PyTree, stats: PyTree, h: PyTree,
-                 batch: dict) -> Callable[[jax.Array], jax.Array]:
-  """z (B, n) -> E (B,) of G(h, z) against `batch` at the given parameters, frozen."""
-  def error_fn(z):
-    y_hat = apply_module(state.generator, params['generator'], stats['generator'], h, z,
-                         train=False)[0]
-    return state.loss_fn(y_hat, batch)
-  return error_fn
 
 
 def descent_end(state: CGMLState, batch: dict, z0: jax.Array) -> jax.Array:
@@ -782,10 +784,10 @@ def train_step(state: CGMLState, batch: dict, key: jax.Array) -> tuple[CGMLState
     # points, each moved by the same z step towards the example it fits best.
     z_lat, z_lat_next, h_lat = z, z_next, hg.h
     if z_flow is not None:
-      z_lat = z_flow
       h_lat = jax.tree.map(lambda a: a[flow_index], hg.h)
-      z_lat_next = jax.lax.stop_gradient(z_step(
-          _error_fn_at(state, params, stats, h_lat, flow_batch), z_flow, _step_size(hp, t))[0])
+      flow_error = _frozen_error_fn(state, flow_batch, h_lat, params, stats)
+      z_lat = z_flow
+      z_lat_next = jax.lax.stop_gradient(z_step(flow_error, z_flow, _step_size(hp, t))[0])
     # Algorithm 1, step 2 (momentum target): rho = alpha * ||z' - z||. Z's target is z',
     # or with the opt-in latent_target='end' where the inner descent ends.
     z_target = z_lat_next if z_end is None else z_end
