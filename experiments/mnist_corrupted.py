@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.z_dim = 8
   c.model.latent_hidden = (128, 128)
   # Linear output: with tanh, the sign gradients of the hole L1 on mostly black digits
-  # drive G into saturation at -1, where it stops learning (observed: all-black holes).
+  # drive G into saturation at -1, where it stops learning and fills holes with black.
   c.model.out_activation = 'none'
 
   c.train.steps = 3000         # per model

@@ -70,8 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # between modes; everything else is the paper preset.
     c.latent.init_candidates = 16
     # beta = 0.3 instead of 1: at beta = 1 the z steps overshoot the good z_0 that the
-    # candidates find (4 modes, seed 0: E 0.05 at z_0, 0.47 after the l steps at step
-    # 1000), and G is trained at the overshot z. docs/toy.md has the screen and sweeps.
+    # candidates find, and G is trained at the overshot z (docs/toy.md).
     c.latent.step_size = 0.3
   if a.smoke:
     c.data.num_train = 512

@@ -126,7 +126,7 @@ def fit_method(state, step_fn, batches, config: ml_collections.ConfigDict, workd
 
   Returns:
     (state gathered to the host, metric history, training seconds: wall time spent
-    training this method, summed over every session of the run, as recorded in its
+    training this method, summed over every launch of the run, as recorded in its
     checkpoints; a rerun that finds it trained reports the recorded time).
   """
   ckpt = None
