@@ -92,7 +92,7 @@ def test_modes_table_applies_each_task_target():
   out = report.modes_table(results)
   rows = [line for line in out.splitlines() if line.startswith('| cGML')]
   assert rows[0].endswith('| 1 of 2 |')   # the second run's phantoms miss the target
-  assert rows[1].endswith('| 1 of 2 |')   # seed 1's box share 0.45 is off the prior 0.3
+  assert rows[1].endswith('| 1 of 2 |')   # the second run's box share is off the prior
   assert '0.950 / 0.000 / 0.050' in rows[0] and '| 0.350 ± 0.141 |' in rows[1]
   assert '| 79 ± 0 | 1 of 2 |' in rows[0]   # training seconds, mean ± std
 
