@@ -203,6 +203,7 @@ def test_colorization_keeps_the_full_resolution_lightness(run, tmp_path):
   assert (grid[:-len(cells)] < 128).any()  # text in the header
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_readme_colorize_run_exports_and_samples(tmp_path):
   """The README's path: train `experiments/colorize.py:smoke` through the entry point,
   export the workdir, load it, and sample a folder (colour modes or photo colorization,

@@ -206,6 +206,7 @@ def test_smoke_end_to_end(tmp_path):
   _check_task_metrics(_run(config, tmp_path), config)
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_cifar_smoke_end_to_end(tmp_path, data_dir):
   config = _config('variant=cifar3_skew,smoke')
   config.data.data_dir = str(data_dir)

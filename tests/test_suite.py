@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from experiments import colour_modes, hue_modes, report, suite
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +40,7 @@ def test_hue_variants_build_valid_configs_and_are_named_apart():
   assert suite._dir('hue:embedded3') == 'hue-embedded3'
 
 
+@pytest.mark.slow  # long; run with -m slow
 def test_suite_runs_a_hue_variant(tmp_path):
   results = tmp_path / 'results'
   cmd = [sys.executable, '-m', 'experiments.suite', '--smoke', '--seeds=0',
