@@ -41,6 +41,23 @@ SUITE = {
 }
 
 
+def known_mode_backbone(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The small conv backbone and the training schedule that every known-mode task
+  shares (colour modes, hue modes), so that their methods compare on equal terms."""
+  c.model.base_channels = 16
+  c.model.max_channels = 64
+  c.model.bottleneck_size = 4
+  c.model.z_dim = 8
+  c.model.latent_hidden = (64, 64)
+  c.train.steps = 1500         # per method
+  c.train.inner_steps = 2
+  c.train.lr = 2e-3
+  c.train.lr_latent = 1e-3
+  c.train.log_every = 50
+  c.latent.traverse_steps = 10
+  return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = configs.parse_arg(arg, smoke=False, mnist=False, best=False, paper=False, variant='')
   if a.best and a.paper:
@@ -65,22 +82,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # per-channel median of the primaries, black (docs/multimodality.md, 'Why E is L2').
   c.loss.error = 'l2'
 
-  c.model.base_channels = 16
-  c.model.max_channels = 64
-  c.model.bottleneck_size = 4
-  c.model.z_dim = 8
-  c.model.latent_hidden = (64, 64)
+  known_mode_backbone(c)
   # Linear output: most target pixels are black (-1), and a tanh saturates there, where z
   # no longer moves the output and the z step stalls.
   c.model.out_activation = 'none'
-
   # Per method; MNIST digits need twice the steps of the shapes (docs/multimodality.md).
   c.train.steps = 3000 if mnist else 1500
-  c.train.inner_steps = 2
-  c.train.lr = 2e-3
-  c.train.lr_latent = 1e-3
-  c.train.log_every = 50
-  c.latent.traverse_steps = 10
 
   c.eval.num_test = 128        # first N test glyphs
   c.eval.num_samples = 16      # K samples per input, for the image and the mode metrics

@@ -25,6 +25,7 @@ import ml_collections
 
 from cgml_jax import configs
 from cgml_jax.tasks import image
+from experiments import colour_modes
 
 SKEW3 = (0.6, 0.3, 0.1)
 # The hue-mode variants: name -> (source, M, prior); angles evenly spaced. `variant=NAME`
@@ -61,21 +62,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # collapsed to L1's median on some seeds (docs/multimodality.md).
   c.loss.error = 'l2'
 
-  c.model.base_channels = 16
-  c.model.max_channels = 64
-  c.model.bottleneck_size = 4
-  c.model.z_dim = 8
-  c.model.latent_hidden = (64, 64)
+  colour_modes.known_mode_backbone(c)
   # Linear output: a rotated target keeps each pixel's chroma, up to ~1.2 in ab / 110
   # units, which a tanh output could not reach in every direction.
   c.model.out_activation = 'none'
-
-  c.train.steps = 1500         # per method
-  c.train.inner_steps = 2
-  c.train.lr = 2e-3
-  c.train.lr_latent = 1e-3
-  c.train.log_every = 50
-  c.latent.traverse_steps = 10
   # Not in the paper: z_0 of each batch is the best of 16 random sphere points by E, as
   # colour_modes.py ships cGML; `paper` is one random point.
   c.latent.init_candidates = 1 if a.paper else 16
